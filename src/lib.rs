@@ -1,0 +1,1 @@
+//! longtail: long-tailed image classification with multi-expert ensembles.
