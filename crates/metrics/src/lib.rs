@@ -2,8 +2,12 @@
 //!
 //! - [`shots`]: many / medium / few class groups from training counts.
 //! - [`classification`]: top-1, per-class accuracy, confusion matrix and group accuracies.
-//! - [`uncertainty`]: failure prediction (AUROC, FPR@95), calibration (ECE), risk–coverage, OOD detection.
+//! - `uncertainty`: failure prediction (AUROC, FPR@95), calibration (ECE), risk–coverage, OOD detection.
 
+pub mod classification;
+mod error;
 pub mod shots;
 
+pub use classification::{argmax_rows, classification_report, ClassificationReport};
+pub use error::MetricsError;
 pub use shots::{shot_groups, Shot, ShotRule};

@@ -76,8 +76,14 @@ mod tests {
     fn boundaries_follow_each_rule() {
         let counts = [101, 100, 20, 19, 5];
         use Shot::*;
-        assert_eq!(shot_groups(&counts, ShotRule::Ride), [Many, Medium, Medium, Few, Few]);
-        assert_eq!(shot_groups(&counts, ShotRule::Oltr), [Many, Many, Few, Few, Few]);
+        assert_eq!(
+            shot_groups(&counts, ShotRule::Ride),
+            [Many, Medium, Medium, Few, Few]
+        );
+        assert_eq!(
+            shot_groups(&counts, ShotRule::Oltr),
+            [Many, Many, Few, Few, Few]
+        );
         assert_eq!(ShotRule::Oltr.group(21), Medium);
     }
 }
