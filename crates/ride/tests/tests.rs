@@ -1,0 +1,594 @@
+//! Integration tests of `longtail-ride`: parity with the official RIDE loss, hand-computed
+//! constants, expert-count variants, errors and presets.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor, Var};
+use longtail_ride::presets::{self, LrSchedule, PRESETS};
+use longtail_ride::{ldam_ce, RideError, RideLoss, RideLossConfig};
+
+/// `shared/fixtures/official`, found by walking up from this crate (`/work/main/crates/ride`
+/// → `/work/shared`; a CI clone has `shared/` beside it). Panics with a clear message if absent.
+fn fixtures_dir() -> PathBuf {
+    let start = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    for dir in start.ancestors() {
+        let candidate = dir.join("shared").join("fixtures").join("official");
+        if candidate.is_dir() {
+            return candidate;
+        }
+    }
+    panic!(
+        "fixtures not found: no ancestor of {} contains shared/fixtures/official",
+        start.display()
+    );
+}
+
+fn load_fixture(name: &str) -> HashMap<String, Tensor> {
+    let path = fixtures_dir().join(name);
+    candle_core::safetensors::load(&path, &Device::Cpu)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+fn read_json(name: &str) -> serde_json::Value {
+    let path = fixtures_dir().join(name);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    serde_json::from_str(&text).expect("fixture json parses")
+}
+
+fn json_f64s(v: &serde_json::Value) -> Vec<f64> {
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_f64().expect("number"))
+        .collect()
+}
+
+fn cifar_lt_counts(dataset: &str, profile: &str) -> Vec<usize> {
+    let json = read_json("cifar_lt_ldam_profile_counts.json");
+    json["profiles"][dataset][profile]["counts"]
+        .as_array()
+        .expect("counts")
+        .iter()
+        .map(|x| x.as_u64().expect("count") as usize)
+        .collect()
+}
+
+fn cifar_config() -> RideLossConfig {
+    RideLossConfig {
+        diversity_factor: -0.45,
+        reweight_epoch: Some(160),
+        ..RideLossConfig::default()
+    }
+}
+
+/// Deterministic pseudo-random logits in [-30, 30] (`s·cos`), shape [B, E, C].
+fn lcg_logits(b: usize, e: usize, c: usize, seed: u64) -> Tensor {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let data: Vec<f32> = (0..b * e * c)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let u = (state >> 40) as f32 / (1u64 << 24) as f32;
+            30.0 * (2.0 * u - 1.0)
+        })
+        .collect();
+    Tensor::from_vec(data, (b, e, c), &Device::Cpu).unwrap()
+}
+
+fn max_violation(got: &[f32], want: &[f32], atol: f32, rtol: f32) -> f32 {
+    assert_eq!(got.len(), want.len());
+    got.iter()
+        .zip(want)
+        .map(|(g, w)| (g - w).abs() - (atol + rtol * w.abs()))
+        .fold(f32::MIN, f32::max)
+}
+
+/// Expected: fixtures/official/ride_loss_c10.safetensors, made by the official `RIDELoss`
+/// (`additional_diversity_factor=-0.45, reweight=True, reweight_epoch=160`, other arguments
+/// default) on E = 3, B = 32, C = 10 logits from `torch.Generator().manual_seed(201)`, at epochs
+/// 1 and 170; the recipe is in ride_loss_c10.json beside it. Fixture logits are [E, B, C];
+/// ours are [B, E, C].
+#[test]
+fn ride_loss_matches_official_values_and_gradients() {
+    let fx = load_fixture("ride_loss_c10.safetensors");
+    let counts: Vec<usize> = fx["cls_num_list"]
+        .to_vec1::<i64>()
+        .unwrap()
+        .into_iter()
+        .map(|n| n as usize)
+        .collect();
+    let targets = fx["targets"].clone();
+    assert_eq!(targets.dtype(), DType::I64);
+    let logits = Var::from_tensor(
+        &fx["expert_logits"]
+            .transpose(0, 1)
+            .unwrap()
+            .contiguous()
+            .unwrap(),
+    )
+    .unwrap();
+    let mut loss = RideLoss::new(&cifar_config(), &counts, &Device::Cpu).unwrap();
+    for epoch in [1usize, 170] {
+        loss.begin_epoch(epoch);
+        let value = loss.forward(logits.as_tensor(), &targets).unwrap();
+        let got = value.to_scalar::<f32>().unwrap();
+        let want = fx[&format!("loss_epoch{epoch}")]
+            .to_scalar::<f32>()
+            .unwrap();
+        eprintln!("epoch {epoch}: loss {got} vs official {want}");
+        assert!(
+            (got - want).abs() <= 1e-4 + 1e-6 * want.abs(),
+            "epoch {epoch}: loss {got} vs official {want}"
+        );
+        let grads = value.backward().unwrap();
+        let grad = grads
+            .get(logits.as_tensor())
+            .expect("gradient of the logits");
+        let got = grad
+            .transpose(0, 1)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let want = fx[&format!("grad_epoch{epoch}")]
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let v = max_violation(&got, &want, 1e-6, 1e-5);
+        let max_abs = got
+            .iter()
+            .zip(&want)
+            .map(|(g, w)| (g - w).abs())
+            .fold(0f32, f32::max);
+        eprintln!("epoch {epoch}: max |grad diff| {max_abs:e}");
+        assert!(v <= 0.0, "epoch {epoch}: gradient off tolerance by {v}");
+    }
+}
+
+/// The derived constants equal the official float32 ones listed in ride_loss_c10.json.
+#[test]
+fn constants_match_official_cifar10_json() {
+    let json = read_json("ride_loss_c10.json");
+    let counts = cifar_lt_counts("cifar10_lt", "if100");
+    let loss = RideLoss::new(&cifar_config(), &counts, &Device::Cpu).unwrap();
+    let k = &json["derived_constants_float32"];
+    let pairs: [(&[f64], Vec<f64>); 3] = [
+        (loss.margins(), json_f64s(&k["m_list (LDAM margin per class, before x30)"])),
+        (
+            loss.drw_weights(),
+            json_f64s(&k["per_cls_weights_enabled (DRW CE weights, used when epoch > 160)"]),
+        ),
+        (
+            loss.class_temperatures(),
+            json_f64s(&k["per_cls_weights_enabled_diversity (per-class diversity temperature T_c, used when epoch > 160)"]),
+        ),
+    ];
+    for (got, want) in pairs {
+        for (g, w) in got.iter().zip(&want) {
+            assert!(
+                (g - w).abs() <= 1e-6 * w.abs().max(1.0),
+                "{g} vs official {w}"
+            );
+        }
+    }
+    let t_mean = k["mean T_c (temperature_mean after epoch 160; 1 before)"]
+        .as_f64()
+        .unwrap();
+    assert!((loss.mean_class_temperature() - t_mean).abs() < 1e-6);
+}
+
+/// CIFAR-10-LT numbers of spec ride.md §3 "Derived numbers" (4 decimals).
+#[test]
+fn cifar10_margins_and_temperatures_match_spec() {
+    let loss = RideLoss::new(
+        &cifar_config(),
+        &[5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50],
+        &Device::Cpu,
+    )
+    .unwrap();
+    let margins = [
+        0.1581, 0.1797, 0.2042, 0.2321, 0.2638, 0.2998, 0.3407, 0.3872, 0.4405, 0.5,
+    ];
+    let temps = [
+        1.0, 0.9299, 0.8879, 0.8627, 0.8476, 0.8385, 0.8331, 0.8299, 0.8279, 0.8267,
+    ];
+    for (g, w) in loss.margins().iter().zip(margins) {
+        assert!((g - w).abs() < 6e-5, "margin {g} vs {w}");
+    }
+    for (g, w) in loss.class_temperatures().iter().zip(temps) {
+        assert!((g - w).abs() < 6e-5, "temperature {g} vs {w}");
+    }
+}
+
+/// CIFAR-100-LT IF 100 (n_i = floor(500·0.01^(i/99))): margins 0.1581 … 0.5, DRW weights
+/// 0.0449 … 4.378, T from 1.0 to 0.8067, T̄ = 0.8471 (spec ride.md §3 "Derived numbers").
+#[test]
+fn cifar100_constants_match_hand_computed() {
+    let counts: Vec<usize> = (0..100)
+        .map(|i| (500.0 * 0.01f64.powf(i as f64 / 99.0)) as usize)
+        .collect();
+    assert_eq!(counts, cifar_lt_counts("cifar100_lt", "if100"));
+    assert_eq!(counts.iter().sum::<usize>(), 10_847);
+    let loss = RideLoss::new(&cifar_config(), &counts, &Device::Cpu).unwrap();
+    let close = |g: f64, w: f64, tol: f64| assert!((g - w).abs() < tol, "{g} vs {w}");
+    close(loss.margins()[0], 0.1581, 6e-5);
+    close(loss.margins()[99], 0.5, 1e-12);
+    close(loss.drw_weights()[0], 0.0449, 6e-5);
+    close(loss.drw_weights()[99], 4.378, 6e-4);
+    close(loss.drw_weights().iter().sum(), 100.0, 1e-9);
+    close(loss.class_temperatures()[0], 1.0, 1e-12);
+    close(loss.class_temperatures()[99], 0.8067, 6e-5);
+    close(loss.mean_class_temperature(), 0.8471, 6e-5);
+    // Monotone: rarer classes get larger margins and weights and sharper temperatures.
+    for j in 1..100 {
+        assert!(loss.margins()[j] >= loss.margins()[j - 1]);
+        assert!(loss.drw_weights()[j] >= loss.drw_weights()[j - 1]);
+        assert!(loss.class_temperatures()[j] <= loss.class_temperatures()[j - 1]);
+    }
+}
+
+/// DRW and per-class temperatures switch on exactly at epoch `reweight_epoch + 1` (1-based).
+#[test]
+fn reweighting_switches_on_after_reweight_epoch() {
+    let fx = load_fixture("ride_loss_c10.safetensors");
+    let counts = cifar_lt_counts("cifar10_lt", "if100");
+    let logits = fx["expert_logits"]
+        .transpose(0, 1)
+        .unwrap()
+        .contiguous()
+        .unwrap();
+    let targets = &fx["targets"];
+    let mut loss = RideLoss::new(&cifar_config(), &counts, &Device::Cpu).unwrap();
+    let value = |loss: &RideLoss| {
+        loss.forward(&logits, targets)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    let before = fx["loss_epoch1"].to_scalar::<f32>().unwrap();
+    let after = fx["loss_epoch170"].to_scalar::<f32>().unwrap();
+    for epoch in [1usize, 159, 160] {
+        loss.begin_epoch(epoch);
+        assert!(!loss.is_reweighting(), "epoch {epoch}");
+        assert_eq!(loss.active_temperature_mean(), 1.0);
+        assert!((value(&loss) - before).abs() < 1e-4);
+    }
+    for epoch in [161usize, 200] {
+        loss.begin_epoch(epoch);
+        assert!(loss.is_reweighting(), "epoch {epoch}");
+        assert!((value(&loss) - after).abs() < 1e-4);
+    }
+    // Without a reweight epoch it never switches.
+    let mut never = RideLoss::new(&RideLossConfig::default(), &counts, &Device::Cpu).unwrap();
+    never.begin_epoch(10_000);
+    assert!(!never.is_reweighting());
+}
+
+/// With one expert the mean equals the expert, so the diversity term is 0 and the loss is the
+/// plain LDAM cross-entropy; with E = 2 and 6 the loss is finite and has finite gradients.
+#[test]
+fn expert_count_variants() {
+    let counts = [300usize, 120, 40, 9, 3];
+    let targets = Tensor::new(&[0u32, 1, 2, 3, 4, 4, 0, 2], &Device::Cpu).unwrap();
+    for epoch in [1usize, 170] {
+        let mut loss = RideLoss::new(&cifar_config(), &counts, &Device::Cpu).unwrap();
+        loss.begin_epoch(epoch);
+        let one = lcg_logits(8, 1, 5, 7);
+        let got = loss
+            .forward(&one, &targets)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let weights = loss.is_reweighting().then(|| loss.drw_weights().to_vec());
+        let want = ldam_ce(
+            &one.squeeze(1).unwrap(),
+            &targets,
+            loss.margins(),
+            30.0,
+            weights.as_deref(),
+        )
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+        assert!(
+            (got - want).abs() < 1e-5,
+            "E = 1, epoch {epoch}: {got} vs LDAM CE {want}"
+        );
+        for e in [2usize, 6] {
+            let z = Var::from_tensor(&lcg_logits(8, e, 5, e as u64)).unwrap();
+            let value = loss.forward(z.as_tensor(), &targets).unwrap();
+            assert!(value.to_scalar::<f32>().unwrap().is_finite());
+            let grad = value
+                .backward()
+                .unwrap()
+                .get(z.as_tensor())
+                .unwrap()
+                .clone();
+            assert_eq!(grad.dims(), &[8, e, 5]);
+            let g = grad.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert!(g.iter().all(|v| v.is_finite()) && g.iter().any(|v| *v != 0.0));
+        }
+    }
+}
+
+/// λ = 0 keeps each expert's own cross-entropy (differs from official, RIDE issue #7), and a
+/// negative λ lowers the loss when experts disagree (it rewards divergence from the mean).
+#[test]
+fn zero_diversity_factor_keeps_individual_losses() {
+    let counts = [50usize, 20, 5];
+    let targets = Tensor::new(&[0u32, 1, 2, 1], &Device::Cpu).unwrap();
+    let z = lcg_logits(4, 3, 3, 11);
+    let cfg = RideLossConfig {
+        diversity_factor: 0.0,
+        ..cifar_config()
+    };
+    let loss = RideLoss::new(&cfg, &counts, &Device::Cpu).unwrap();
+    let got = loss
+        .forward(&z, &targets)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let mut want = 0.0;
+    for e in 0..3 {
+        let ze = z.narrow(1, e, 1).unwrap().squeeze(1).unwrap();
+        want += ldam_ce(&ze, &targets, loss.margins(), 30.0, None)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+    }
+    assert!((got - want).abs() < 1e-4, "{got} vs Σ_e LDAM CE {want}");
+    // The official fallback (CE on the mean logits, times E) would give a different value.
+    let mean = z.mean(1).unwrap();
+    let collab = 3.0
+        * ldam_ce(&mean, &targets, loss.margins(), 30.0, None)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+    assert!((got - collab).abs() > 1e-2);
+    let diverse = RideLoss::new(&cifar_config(), &counts, &Device::Cpu).unwrap();
+    let with_div = diverse
+        .forward(&z, &targets)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(
+        with_div < got,
+        "λ < 0 should lower the loss: {with_div} vs {got}"
+    );
+}
+
+#[test]
+fn bad_inputs_give_typed_errors() {
+    let dev = Device::Cpu;
+    let cfg = RideLossConfig::default();
+    assert!(matches!(
+        RideLoss::new(&cfg, &[], &dev),
+        Err(RideError::NoClasses)
+    ));
+    assert!(matches!(
+        RideLoss::new(&cfg, &[4, 0, 2], &dev),
+        Err(RideError::EmptyClass { class: 1 })
+    ));
+    let bad = RideLossConfig {
+        max_margin: f64::INFINITY,
+        ..cfg.clone()
+    };
+    assert!(matches!(
+        RideLoss::new(&bad, &[4, 2], &dev),
+        Err(RideError::NonFinite {
+            field: "max_margin",
+            ..
+        })
+    ));
+    let bad = RideLossConfig {
+        reweight_factor: 1.5,
+        ..cfg.clone()
+    };
+    assert!(matches!(
+        RideLoss::new(&bad, &[4, 2], &dev),
+        Err(RideError::OutOfRange {
+            field: "reweight_factor",
+            ..
+        })
+    ));
+    let loss = RideLoss::new(&cfg, &[4, 2, 1], &dev).unwrap();
+    let z = Tensor::zeros((2, 3, 3), DType::F32, &dev).unwrap();
+    let err = loss
+        .forward(&z, &Tensor::new(&[0u32, 3], &dev).unwrap())
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("target 3 at batch position 1"),
+        "{err}"
+    );
+    let err = loss
+        .forward(&z, &Tensor::new(&[0i64, -1], &dev).unwrap())
+        .unwrap_err();
+    assert!(err.to_string().contains("not a class index"), "{err}");
+    let err = loss
+        .forward(&z, &Tensor::new(&[0u32], &dev).unwrap())
+        .unwrap_err();
+    assert!(err.to_string().contains("targets: expected [2]"), "{err}");
+    let wrong_c = Tensor::zeros((2, 3, 4), DType::F32, &dev).unwrap();
+    let err = loss
+        .forward(&wrong_c, &Tensor::new(&[0u32, 1], &dev).unwrap())
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("expert logits: expected [B, E, 3]"),
+        "{err}"
+    );
+    let flat = Tensor::zeros((2, 3), DType::F32, &dev).unwrap();
+    assert!(loss
+        .forward(&flat, &Tensor::new(&[0u32, 1], &dev).unwrap())
+        .is_err());
+    let json = r#"{"max_margin": 0.5, "scal": 30.0}"#;
+    assert!(
+        serde_json::from_str::<RideLossConfig>(json).is_err(),
+        "unknown field accepted"
+    );
+}
+
+#[test]
+fn loss_config_deserialises_with_defaults() {
+    let cfg: RideLossConfig =
+        serde_json::from_str(r#"{"diversity_factor": -0.45, "reweight_epoch": 160}"#).unwrap();
+    assert_eq!(cfg, cifar_config());
+}
+
+#[test]
+fn presets_are_complete_and_valid() {
+    let mut names: Vec<&str> = PRESETS.iter().map(|p| p.name).collect();
+    for p in PRESETS {
+        assert!(p.name.starts_with("ride."), "{}", p.name);
+        let r = (p.build)();
+        r.loss.check().unwrap_or_else(|e| panic!("{}: {e}", p.name));
+        assert!(r.optim.epochs > 0 && r.optim.batch_size > 0 && r.optim.lr > 0.0);
+        assert!(r.backbone.experts >= 2 && r.dataset.num_classes >= 2);
+        let LrSchedule::Steps { milestones, .. } = &r.optim.schedule;
+        assert!(
+            milestones.windows(2).all(|w| w[0] < w[1])
+                && milestones.iter().all(|&m| m < r.optim.epochs)
+        );
+        let epoch = r.loss.reweight_epoch.expect("every RIDE recipe re-weights");
+        assert!(
+            epoch < r.optim.epochs,
+            "{}: re-weighting must happen before the end",
+            p.name
+        );
+        let json = serde_json::to_string(&r).unwrap();
+        assert_eq!(serde_json::from_str::<presets::Recipe>(&json).unwrap(), r);
+        assert_eq!(presets::preset(p.name).unwrap(), r);
+    }
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), PRESETS.len(), "duplicate preset names");
+    for want in [
+        "ride.cifar100-lt",
+        "ride.cifar10-lt",
+        "ride.imagenet-lt",
+        "ride.inat2018",
+        "ride.fmnist-lt",
+    ] {
+        assert!(names.contains(&want), "missing {want}");
+    }
+    match presets::preset("ride.cifar1000") {
+        Err(RideError::UnknownPreset { name, known }) => {
+            assert_eq!(name, "ride.cifar1000");
+            assert!(known.contains("ride.cifar100-lt"));
+        }
+        other => panic!("expected UnknownPreset, got {other:?}"),
+    }
+}
+
+/// The official values of spec ride.md §3 "Config values" and §5.
+#[test]
+fn presets_hold_official_values() {
+    let c = presets::preset("ride.cifar100-lt").unwrap();
+    assert_eq!(
+        (
+            c.backbone.arch.as_str(),
+            c.backbone.experts,
+            c.backbone.reduce_dimension
+        ),
+        ("resnet32", 3, true)
+    );
+    assert_eq!(c.backbone.blocks_per_stage, Some(5));
+    assert_eq!(
+        (c.optim.epochs, c.optim.batch_size, c.optim.warmup_epochs),
+        (200, 128, 5)
+    );
+    assert_eq!(
+        (
+            c.optim.lr,
+            c.optim.weight_decay,
+            c.optim.momentum,
+            c.optim.nesterov
+        ),
+        (0.1, 5e-4, 0.9, true)
+    );
+    assert_eq!(
+        c.optim.schedule,
+        LrSchedule::Steps {
+            milestones: vec![160, 180],
+            gamma: 0.01
+        }
+    );
+    assert_eq!(c.loss, cifar_config());
+    assert_eq!(c.dataset.num_classes, 100);
+
+    let i = presets::preset("ride.imagenet-lt").unwrap();
+    assert_eq!(i.backbone.arch, "resnext50");
+    assert_eq!(
+        (
+            i.optim.epochs,
+            i.optim.batch_size,
+            i.optim.lr,
+            i.optim.weight_decay
+        ),
+        (100, 256, 0.1, 2e-4)
+    );
+    assert_eq!(
+        i.optim.schedule,
+        LrSchedule::Steps {
+            milestones: vec![60, 80],
+            gamma: 0.1
+        }
+    );
+    assert_eq!(
+        (
+            i.loss.diversity_factor,
+            i.loss.reweight_epoch,
+            i.loss.reweight_factor
+        ),
+        (-0.2, Some(80), 0.02)
+    );
+
+    let n = presets::preset("ride.inat2018").unwrap();
+    assert_eq!(
+        (n.backbone.arch.as_str(), n.dataset.num_classes),
+        ("resnet50", 8142)
+    );
+    assert_eq!(
+        (n.optim.batch_size, n.optim.lr, n.optim.weight_decay),
+        (512, 0.2, 2e-4)
+    );
+    assert_eq!(
+        (
+            n.loss.diversity_factor,
+            n.loss.reweight_epoch,
+            n.loss.reweight_factor
+        ),
+        (-0.2, Some(80), 0.015)
+    );
+
+    let ten = presets::preset("ride.cifar10-lt").unwrap();
+    assert_eq!(
+        (ten.loss.clone(), ten.optim.clone()),
+        (c.loss.clone(), c.optim.clone())
+    );
+    assert_eq!(ten.dataset.num_classes, 10);
+
+    let f = presets::preset("ride.fmnist-lt").unwrap();
+    assert_eq!(
+        (f.backbone.blocks_per_stage, f.backbone.in_channels),
+        (Some(1), 1)
+    );
+    assert_eq!(
+        (f.optim.epochs, f.optim.warmup_epochs, f.loss.reweight_epoch),
+        (12, 1, Some(8))
+    );
+    assert_eq!(
+        f.optim.schedule,
+        LrSchedule::Steps {
+            milestones: vec![8, 10],
+            gamma: 0.1
+        }
+    );
+}
