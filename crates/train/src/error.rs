@@ -1,0 +1,54 @@
+//! The training crate's error type.
+
+use std::path::PathBuf;
+
+/// What can go wrong while training or evaluating.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TrainError {
+    /// An invalid training setting.
+    #[error("invalid training config: {0}")]
+    Config(String),
+    /// The loss became NaN or infinite; the last good checkpoint is kept.
+    #[error("the loss is {value} at epoch {epoch}, step {step}: training stopped (the last good checkpoint, if any, is kept; try a lower learning rate)")]
+    NonFiniteLoss {
+        /// 1-based epoch.
+        epoch: usize,
+        /// 0-based step within the epoch.
+        step: usize,
+        /// The loss value.
+        value: f32,
+    },
+    /// A checkpoint could not be used.
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
+    /// Reading or writing a file failed.
+    #[error("{}: {source}", .path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The data pipeline failed.
+    #[error(transparent)]
+    Data(#[from] longtail_data::DataError),
+    /// The network failed (bad input shape, bad expert selection, …).
+    #[error(transparent)]
+    Backbone(#[from] longtail_backbone::BackboneError),
+    /// A metric could not be computed.
+    #[error(transparent)]
+    Metrics(#[from] longtail_metrics::MetricsError),
+    /// A tensor operation failed.
+    #[error(transparent)]
+    Tensor(#[from] candle_core::Error),
+}
+
+impl TrainError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        TrainError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

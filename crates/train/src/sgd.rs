@@ -1,0 +1,234 @@
+//! SGD with momentum, Nesterov and coupled weight decay, with PyTorch's semantics.
+//!
+//! candle-nn's `SGD` has no momentum, and candle-optimisers is pinned to candle 0.10
+//! (`shared/notes/candle.md` §2), so the few lines are written here.
+
+use std::collections::BTreeMap;
+
+use candle_core::{backprop::GradStore, Tensor, Var};
+
+use crate::TrainError;
+
+/// Hyper-parameters of [`Sgd`].
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SgdConfig {
+    /// Momentum μ (0.9 in every official config).
+    pub momentum: f64,
+    /// Coupled L2 weight decay, added to the gradient (`torch.optim.SGD(weight_decay=…)`).
+    pub weight_decay: f64,
+    /// Nesterov momentum (RIDE, SADE, TLC all use it).
+    pub nesterov: bool,
+}
+
+impl Default for SgdConfig {
+    fn default() -> Self {
+        Self {
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            nesterov: true,
+        }
+    }
+}
+
+/// `torch.optim.SGD(params, lr, momentum, weight_decay, nesterov, dampening=0)`.
+///
+/// One step, for each parameter `w` with gradient `g`:
+/// `g ← g + wd·w`; `buf ← g` on the first step, else `buf ← μ·buf + g`;
+/// `d ← g + μ·buf` (Nesterov) or `d ← buf`; `w ← w − lr·d`.
+/// Parameters without a gradient (BN running statistics, unused experts) are left untouched,
+/// and so is their momentum, exactly as PyTorch does.
+pub struct Sgd {
+    params: Vec<(String, Var)>,
+    momentum: BTreeMap<String, Tensor>,
+    cfg: SgdConfig,
+    lr: f64,
+}
+
+impl Sgd {
+    /// An optimizer over the named trainable parameters.
+    pub fn new(params: Vec<(String, Var)>, cfg: SgdConfig) -> Result<Self, TrainError> {
+        if !(cfg.momentum >= 0.0 && cfg.momentum < 1.0) || !(cfg.weight_decay >= 0.0) {
+            return Err(TrainError::Config(format!(
+                "sgd needs 0 <= momentum < 1 and weight_decay >= 0 (got {} and {})",
+                cfg.momentum, cfg.weight_decay
+            )));
+        }
+        if cfg.nesterov && cfg.momentum == 0.0 {
+            return Err(TrainError::Config(
+                "nesterov momentum requires momentum > 0".into(),
+            ));
+        }
+        Ok(Self {
+            params,
+            momentum: BTreeMap::new(),
+            cfg,
+            lr: 0.0,
+        })
+    }
+
+    /// Sets the learning rate used by the next [`Sgd::step`].
+    pub fn set_lr(&mut self, lr: f64) {
+        self.lr = lr;
+    }
+
+    /// The current learning rate.
+    pub fn lr(&self) -> f64 {
+        self.lr
+    }
+
+    /// The parameters this optimizer updates.
+    pub fn params(&self) -> &[(String, Var)] {
+        &self.params
+    }
+
+    /// Applies one update from `grads`.
+    pub fn step(&mut self, grads: &GradStore) -> Result<(), TrainError> {
+        let g: Vec<Option<Tensor>> = self
+            .params
+            .iter()
+            .map(|(_, v)| grads.get(v.as_tensor()).cloned())
+            .collect();
+        self.step_with(&g)
+    }
+
+    /// Applies one update from gradients given in the order of [`Sgd::params`] (`None`: no gradient).
+    pub fn step_with(&mut self, grads: &[Option<Tensor>]) -> Result<(), TrainError> {
+        let SgdConfig {
+            momentum: mu,
+            weight_decay: wd,
+            nesterov,
+        } = self.cfg;
+        for ((name, var), g) in self.params.iter().zip(grads) {
+            let Some(g) = g else { continue };
+            let mut g = g.clone();
+            if wd != 0.0 {
+                g = (g + (var.as_tensor() * wd)?)?;
+            }
+            let d = if mu != 0.0 {
+                let buf = match self.momentum.get(name) {
+                    Some(buf) => ((buf * mu)? + &g)?,
+                    None => g.clone(),
+                };
+                let d = if nesterov {
+                    (&g + (&buf * mu)?)?
+                } else {
+                    buf.clone()
+                };
+                self.momentum.insert(name.clone(), buf);
+                d
+            } else {
+                g
+            };
+            var.set(&(var.as_tensor() - (d * self.lr)?)?)?;
+        }
+        Ok(())
+    }
+
+    /// The momentum buffers by parameter name, for checkpoints.
+    pub fn state(&self) -> &BTreeMap<String, Tensor> {
+        &self.momentum
+    }
+
+    /// Restores momentum buffers saved by [`Sgd::state`].
+    pub fn load_state(&mut self, state: BTreeMap<String, Tensor>) -> Result<(), TrainError> {
+        for (name, buf) in &state {
+            let Some((_, var)) = self.params.iter().find(|(n, _)| n == name) else {
+                return Err(TrainError::Checkpoint(format!(
+                    "optimizer state has a buffer for `{name}`, which is not a trainable parameter"
+                )));
+            };
+            if buf.dims() != var.dims() {
+                return Err(TrainError::Checkpoint(format!(
+                    "optimizer buffer `{name}` has shape {:?}, the parameter {:?}",
+                    buf.dims(),
+                    var.dims()
+                )));
+            }
+        }
+        self.momentum = state;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// Hand-computed: w=1, loss = 0.5·w²·k (g = k·w), lr 0.1, μ 0.9, wd 0.1, Nesterov.
+    /// step 1: g = 1 + 0.1 = 1.1, buf = 1.1, d = 1.1 + 0.99 = 2.09, w = 1 − 0.209 = 0.791
+    /// step 2: g = 0.791 + 0.0791 = 0.8701, buf = 0.99 + 0.8701 = 1.8601,
+    ///         d = 0.8701 + 1.67409 = 2.54419, w = 0.791 − 0.254419 = 0.536581
+    #[test]
+    fn nesterov_steps_match_hand_computation() -> Result<(), TrainError> {
+        let w = Var::new(&[1.0f32], &Device::Cpu)?;
+        let cfg = SgdConfig {
+            momentum: 0.9,
+            weight_decay: 0.1,
+            nesterov: true,
+        };
+        let mut opt = Sgd::new(vec![("w".into(), w.clone())], cfg)?;
+        opt.set_lr(0.1);
+        let mut got = vec![];
+        for _ in 0..2 {
+            let loss = (w.as_tensor().sqr()? * 0.5)?.sum_all()?;
+            opt.step(&loss.backward()?)?;
+            got.push(w.as_tensor().to_vec1::<f32>()?[0]);
+        }
+        assert!((got[0] - 0.791).abs() < 1e-6, "{got:?}");
+        assert!((got[1] - 0.536581).abs() < 1e-6, "{got:?}");
+        Ok(())
+    }
+
+    /// Plain heavy-ball momentum without decay: buf = g, then μ·buf + g.
+    #[test]
+    fn heavy_ball_without_decay() -> Result<(), TrainError> {
+        let w = Var::new(&[2.0f32], &Device::Cpu)?;
+        let cfg = SgdConfig {
+            momentum: 0.5,
+            weight_decay: 0.0,
+            nesterov: false,
+        };
+        let mut opt = Sgd::new(vec![("w".into(), w.clone())], cfg)?;
+        opt.set_lr(1.0);
+        // loss = 3w → g = 3 each step. step 1: w = 2 − 3 = −1; step 2: buf = 4.5, w = −5.5.
+        for _ in 0..2 {
+            let loss = (w.as_tensor() * 3.0)?.sum_all()?;
+            opt.step(&loss.backward()?)?;
+        }
+        assert_eq!(w.as_tensor().to_vec1::<f32>()?, vec![-5.5]);
+        Ok(())
+    }
+
+    #[test]
+    fn parameters_without_gradient_are_untouched() -> Result<(), TrainError> {
+        let w = Var::new(&[1.0f32], &Device::Cpu)?;
+        let frozen = Var::new(&[7.0f32], &Device::Cpu)?;
+        let mut opt = Sgd::new(
+            vec![("w".into(), w.clone()), ("frozen".into(), frozen.clone())],
+            SgdConfig::default(),
+        )?;
+        opt.set_lr(0.1);
+        let loss = w.as_tensor().sum_all()?;
+        opt.step(&loss.backward()?)?;
+        assert_eq!(frozen.as_tensor().to_vec1::<f32>()?, vec![7.0]);
+        assert!(opt.state().contains_key("w") && !opt.state().contains_key("frozen"));
+        Ok(())
+    }
+
+    #[test]
+    fn invalid_hyper_parameters_are_rejected() {
+        let bad = SgdConfig {
+            momentum: 1.5,
+            ..Default::default()
+        };
+        assert!(matches!(Sgd::new(vec![], bad), Err(TrainError::Config(_))));
+        let bad = SgdConfig {
+            momentum: 0.0,
+            nesterov: true,
+            weight_decay: 0.0,
+        };
+        assert!(matches!(Sgd::new(vec![], bad), Err(TrainError::Config(_))));
+    }
+}

@@ -1,0 +1,495 @@
+//! The epoch loop shared by every method.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{Device, Tensor, Var};
+use candle_nn::VarMap;
+use longtail_backbone::MultiExpert;
+use longtail_data::{Batcher, Dataset, SamplerKind, Shot, Transform};
+use longtail_metrics::argmax_rows;
+use serde::Serialize;
+
+use crate::checkpoint::{self, Checkpoint};
+use crate::eval::{evaluate, Evaluation};
+use crate::{LrSchedule, Objective, Sgd, SgdConfig, TrainError};
+
+/// File name of the checkpoint written after every epoch.
+pub const LAST: &str = "last.safetensors";
+/// File name of the checkpoint with the best validation accuracy (only with a validation split).
+pub const BEST: &str = "best.safetensors";
+/// File name of the per-epoch metrics (JSON lines).
+pub const METRICS: &str = "metrics.jsonl";
+
+/// Optimisation settings of a run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainConfig {
+    /// Number of epochs.
+    pub epochs: usize,
+    /// Images per optimizer step (per micro-batch when `accumulate > 1`).
+    pub batch_size: usize,
+    /// Base learning rate.
+    pub lr: f64,
+    /// Per-epoch schedule of the learning rate.
+    pub schedule: LrSchedule,
+    /// Momentum, Nesterov and weight decay.
+    pub sgd: SgdConfig,
+    /// Seed of data order and augmentation (the weights are seeded by the caller).
+    pub seed: u64,
+    /// Micro-batches whose gradients are averaged into one step (1 = none). BN still sees each
+    /// micro-batch alone, so results differ slightly from one large batch.
+    pub accumulate: usize,
+    /// Training-sample order.
+    pub sampler: SamplerKind,
+    /// Batch size of evaluation passes.
+    pub eval_batch_size: usize,
+}
+
+impl TrainConfig {
+    /// Checks the settings.
+    pub fn check(&self) -> Result<(), TrainError> {
+        if self.epochs == 0
+            || self.batch_size == 0
+            || self.accumulate == 0
+            || self.eval_batch_size == 0
+        {
+            return Err(TrainError::Config(
+                "epochs, batch size, accumulate and eval batch size must be positive".into(),
+            ));
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return Err(TrainError::Config(format!(
+                "the learning rate must be positive (got {})",
+                self.lr
+            )));
+        }
+        self.schedule.check(self.epochs)
+    }
+}
+
+/// The data of a run.
+#[derive(Clone, Debug)]
+pub struct TrainData {
+    /// Training split.
+    pub train: Arc<Dataset>,
+    /// Optional validation split (carved from training data); the best checkpoint is chosen on it.
+    pub val: Option<Arc<Dataset>>,
+    /// Test split, reported every epoch, never used for selection.
+    pub test: Arc<Dataset>,
+    /// Training transform (augmentation + normalisation).
+    pub train_transform: Transform,
+    /// Evaluation transform.
+    pub eval_transform: Transform,
+    /// Shot group of every class (from the training counts).
+    pub shots: Vec<Shot>,
+}
+
+/// How progress is shown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// A progress bar on a terminal, one line per epoch otherwise.
+    Auto,
+    /// One line per epoch on stderr.
+    Lines,
+    /// Nothing.
+    Quiet,
+}
+
+/// Where and how a run is written.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Run directory (checkpoints, metrics).
+    pub out_dir: PathBuf,
+    /// Continue the run in `out_dir` from its last checkpoint.
+    pub resume: bool,
+    /// Metadata stored in every checkpoint (run config, method, class names, …). A `config` entry
+    /// must match on resume.
+    pub metadata: BTreeMap<String, String>,
+    /// Progress display.
+    pub progress: Progress,
+    /// Device of the tensors.
+    pub device: Device,
+}
+
+/// One line of `metrics.jsonl` (keys as RIDE's logs).
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
+pub struct EpochRecord {
+    /// 1-based epoch.
+    pub epoch: usize,
+    /// Mean training loss.
+    pub loss: f64,
+    /// Training accuracy of the method's prediction (on augmented images, train-mode BN).
+    pub accuracy: f64,
+    /// Accuracy on the validation split, when there is one.
+    pub val_accuracy: Option<f64>,
+    /// Test accuracy (micro top-1).
+    pub test_accuracy: f64,
+    /// Test many-shot accuracy (mean per-class).
+    pub many_shot_acc: Option<f64>,
+    /// Test medium-shot accuracy.
+    pub medium_shot_acc: Option<f64>,
+    /// Test few-shot accuracy.
+    pub few_shot_acc: Option<f64>,
+    /// Learning rate of the epoch.
+    pub lr: f64,
+    /// Wall time of the epoch (training and evaluation).
+    pub seconds: f64,
+    /// Training images per second.
+    pub images_per_sec: f64,
+}
+
+/// What a finished run reports.
+#[derive(Debug)]
+pub struct FitSummary {
+    /// Every epoch's record, from the first epoch of the run (resumed ones included).
+    pub history: Vec<EpochRecord>,
+    /// The final model's evaluation on the test split.
+    pub test: Evaluation,
+    /// The epoch the run resumed after (0 for a fresh run).
+    pub resumed_from: usize,
+}
+
+/// The trainable parameters of a `VarMap` (all but BN running statistics), sorted by name.
+pub fn trainable_vars(varmap: &VarMap) -> Vec<(String, Var)> {
+    let data = varmap.data().lock().expect("varmap lock poisoned");
+    let mut v: Vec<(String, Var)> = data
+        .iter()
+        .filter(|(k, _)| {
+            !k.ends_with("running_mean")
+                && !k.ends_with("running_var")
+                && !k.ends_with("num_batches_tracked")
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// Trains `model` (whose weights live in `varmap`) with `objective`, writing a checkpoint after
+/// every epoch; returns the history and the final test evaluation.
+///
+/// A run resumed from epoch k's checkpoint replays epochs k+1… exactly as an uninterrupted run:
+/// data order and augmentation depend only on (seed, epoch, sample), the method's state only on
+/// the epoch, and the checkpoint holds the weights, BN statistics and momentum buffers.
+pub fn fit(
+    model: &MultiExpert,
+    varmap: &VarMap,
+    objective: &mut dyn Objective,
+    data: &TrainData,
+    cfg: &TrainConfig,
+    opts: &RunOptions,
+) -> Result<FitSummary, TrainError> {
+    cfg.check()?;
+    let out = &opts.out_dir;
+    std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
+    let last = out.join(LAST);
+    let mut opt = Sgd::new(trainable_vars(varmap), cfg.sgd)?;
+    let mut history: Vec<EpochRecord> = vec![];
+    let mut best_val = f64::NEG_INFINITY;
+    let mut start_epoch = 1;
+    if last.exists() {
+        if !opts.resume {
+            return Err(TrainError::Config(format!(
+                "{} already holds a run: pass --resume to continue it, or choose another --out",
+                out.display()
+            )));
+        }
+        let ck = checkpoint::load(&last, &opts.device)?;
+        check_same_config(&ck, &opts.metadata, out)?;
+        ck.restore_into(varmap)?;
+        opt.load_state(ck.momentum.clone())?;
+        start_epoch = ck.epoch()? + 1;
+        if let Some(b) = ck
+            .metadata
+            .get("best_val_accuracy")
+            .and_then(|s| s.parse().ok())
+        {
+            best_val = b;
+        }
+        history = read_history(&out.join(METRICS))?
+            .into_iter()
+            .filter(|r| r.epoch < start_epoch)
+            .collect();
+        rewrite_history(&out.join(METRICS), &history)?;
+    } else if out.join(METRICS).exists() {
+        // A run killed before its first checkpoint: start over cleanly.
+        std::fs::remove_file(out.join(METRICS))
+            .map_err(|e| TrainError::io(out.join(METRICS), e))?;
+    }
+    let resumed_from = start_epoch - 1;
+    if resumed_from >= cfg.epochs {
+        let test = evaluate(
+            model,
+            objective,
+            &data.test,
+            &data.eval_transform,
+            cfg.eval_batch_size,
+            &data.shots,
+            &opts.device,
+        )?;
+        return Ok(FitSummary {
+            history,
+            test,
+            resumed_from,
+        });
+    }
+    let mut progress = EpochProgress::new(opts.progress);
+    let mut last_test = None;
+    for epoch in start_epoch..=cfg.epochs {
+        let t0 = Instant::now();
+        objective.begin_epoch(epoch)?;
+        let lr = cfg.schedule.lr(cfg.lr, epoch, cfg.epochs);
+        opt.set_lr(lr);
+        let batcher = Batcher::new(
+            Arc::clone(&data.train),
+            cfg.sampler,
+            data.train_transform.clone(),
+            cfg.batch_size,
+            cfg.seed,
+            epoch as u64,
+            &opts.device,
+        )?;
+        let steps = batcher.num_batches();
+        progress.start(epoch, cfg.epochs, steps);
+        let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
+        let mut pending: Vec<Option<Tensor>> = vec![None; opt.params().len()];
+        let mut in_step = 0;
+        let train_start = Instant::now();
+        for (step, batch) in batcher.enumerate() {
+            let batch = batch?;
+            let out = model.forward_t(&batch.images, true)?;
+            let loss = objective.loss(&out, &batch.labels)?;
+            let value = loss.to_scalar::<f32>()?;
+            if !value.is_finite() {
+                progress.finish();
+                return Err(TrainError::NonFiniteLoss { epoch, step, value });
+            }
+            let n = batch.indices.len();
+            loss_sum += value as f64 * n as f64;
+            seen += n;
+            let pred = argmax_rows(
+                &objective.predict(&out)?.flatten_all()?.to_vec1::<f32>()?,
+                data.shots.len(),
+            );
+            let labels = batch.labels.to_vec1::<u32>()?;
+            correct += pred.iter().zip(&labels).filter(|(p, y)| p == y).count();
+            let scaled = if cfg.accumulate > 1 {
+                (loss / cfg.accumulate as f64)?
+            } else {
+                loss
+            };
+            let grads = scaled.backward()?;
+            for (slot, (_, var)) in pending.iter_mut().zip(opt.params()) {
+                if let Some(g) = grads.get(var.as_tensor()) {
+                    *slot = Some(match slot.take() {
+                        Some(acc) => (acc + g)?,
+                        None => g.clone(),
+                    });
+                }
+            }
+            in_step += 1;
+            if in_step == cfg.accumulate || step + 1 == steps {
+                opt.step_with(&std::mem::replace(
+                    &mut pending,
+                    vec![None; opt.params().len()],
+                ))?;
+                in_step = 0;
+            }
+            progress.tick(
+                seen,
+                train_start.elapsed().as_secs_f64(),
+                loss_sum / seen as f64,
+            );
+        }
+        let train_secs = train_start.elapsed().as_secs_f64();
+        progress.finish();
+        let val = match &data.val {
+            Some(v) => Some(evaluate(
+                model,
+                objective,
+                v,
+                &data.eval_transform,
+                cfg.eval_batch_size,
+                &data.shots,
+                &opts.device,
+            )?),
+            None => None,
+        };
+        let test = evaluate(
+            model,
+            objective,
+            &data.test,
+            &data.eval_transform,
+            cfg.eval_batch_size,
+            &data.shots,
+            &opts.device,
+        )?;
+        let record = EpochRecord {
+            epoch,
+            loss: loss_sum / seen.max(1) as f64,
+            accuracy: correct as f64 / seen.max(1) as f64,
+            val_accuracy: val.as_ref().map(|v| v.report.accuracy),
+            test_accuracy: test.report.accuracy,
+            many_shot_acc: test.report.many,
+            medium_shot_acc: test.report.medium,
+            few_shot_acc: test.report.few,
+            lr,
+            seconds: t0.elapsed().as_secs_f64(),
+            images_per_sec: seen as f64 / train_secs.max(1e-9),
+        };
+        let mut meta = opts.metadata.clone();
+        meta.insert("epoch".into(), epoch.to_string());
+        let improved = record.val_accuracy.is_some_and(|v| v > best_val);
+        if improved {
+            best_val = record.val_accuracy.unwrap_or(best_val);
+        }
+        if best_val.is_finite() {
+            meta.insert("best_val_accuracy".into(), best_val.to_string());
+        }
+        checkpoint::save(&last, varmap, Some(opt.state()), &meta)?;
+        if improved {
+            checkpoint::save(&out.join(BEST), varmap, None, &meta)?;
+        }
+        append_record(&out.join(METRICS), &record)?;
+        progress.epoch_line(&record);
+        history.push(record);
+        last_test = Some(test);
+    }
+    let test = last_test.expect("at least one epoch ran");
+    Ok(FitSummary {
+        history,
+        test,
+        resumed_from,
+    })
+}
+
+fn check_same_config(
+    ck: &Checkpoint,
+    meta: &BTreeMap<String, String>,
+    out: &Path,
+) -> Result<(), TrainError> {
+    if let (Some(a), Some(b)) = (ck.metadata.get("config"), meta.get("config")) {
+        if a != b {
+            return Err(TrainError::Config(format!(
+                "{} was trained with another config; resume with the same settings (see its config.toml) or choose another --out",
+                out.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn append_record(path: &Path, r: &EpochRecord) -> Result<(), TrainError> {
+    let line = serde_json::to_string(r).map_err(|e| TrainError::Checkpoint(e.to_string()))?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| TrainError::io(path, e))?;
+    writeln!(f, "{line}").map_err(|e| TrainError::io(path, e))
+}
+
+/// Reads `metrics.jsonl`; a missing file is an empty history.
+pub fn read_history(path: &Path) -> Result<Vec<EpochRecord>, TrainError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) => return Err(TrainError::io(path, e)),
+    };
+    // A line cut short by a crash is dropped; every complete line must parse.
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let complete = if text.ends_with('\n') {
+        lines.len()
+    } else {
+        lines.len().saturating_sub(1)
+    };
+    lines[..complete]
+        .iter()
+        .map(|l| {
+            serde_json::from_str(l)
+                .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))
+        })
+        .collect()
+}
+
+fn rewrite_history(path: &Path, history: &[EpochRecord]) -> Result<(), TrainError> {
+    let mut text = String::new();
+    for r in history {
+        text.push_str(
+            &serde_json::to_string(r).map_err(|e| TrainError::Checkpoint(e.to_string()))?,
+        );
+        text.push('\n');
+    }
+    checkpoint::write_atomic(path, text.as_bytes())
+}
+
+/// Progress display: an indicatif bar on a terminal, else one line per epoch.
+struct EpochProgress {
+    mode: Progress,
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl EpochProgress {
+    fn new(mode: Progress) -> Self {
+        let mode = match mode {
+            Progress::Auto if std::io::stderr().is_terminal() => Progress::Auto,
+            Progress::Auto => Progress::Lines,
+            m => m,
+        };
+        Self { mode, bar: None }
+    }
+
+    fn start(&mut self, epoch: usize, epochs: usize, steps: usize) {
+        if self.mode == Progress::Auto {
+            let bar = indicatif::ProgressBar::new(steps as u64);
+            let style = indicatif::ProgressStyle::with_template(
+                "epoch {prefix} [{bar:30}] {pos}/{len} {msg} eta {eta}",
+            )
+            .expect("valid template")
+            .progress_chars("=> ");
+            bar.set_style(style);
+            bar.set_prefix(format!("{epoch}/{epochs}"));
+            self.bar = Some(bar);
+        }
+    }
+
+    fn tick(&self, seen: usize, secs: f64, loss: f64) {
+        if let Some(bar) = &self.bar {
+            bar.inc(1);
+            bar.set_message(format!(
+                "loss {loss:.4} {:.0} img/s",
+                seen as f64 / secs.max(1e-9)
+            ));
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+
+    fn epoch_line(&self, r: &EpochRecord) {
+        if self.mode == Progress::Quiet {
+            return;
+        }
+        let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.1}", 100.0 * v));
+        eprintln!(
+            "epoch {:>3}  loss {:.4}  train {:.1}%  {}test {:.1}% (many {} / medium {} / few {})  lr {:.2e}  {:.0} img/s  {:.1}s",
+            r.epoch,
+            r.loss,
+            100.0 * r.accuracy,
+            r.val_accuracy.map_or(String::new(), |v| format!("val {:.1}%  ", 100.0 * v)),
+            100.0 * r.test_accuracy,
+            pct(r.many_shot_acc),
+            pct(r.medium_shot_acc),
+            pct(r.few_shot_acc),
+            r.lr,
+            r.images_per_sec,
+            r.seconds
+        );
+    }
+}
