@@ -1,0 +1,130 @@
+//! The one place that chooses how convolutions and batch norms are computed.
+//!
+//! Every conv and BN of the backbones goes through [`conv2d`] and [`BatchNorm2d`], dispatching
+//! on [`Kernels`]. Today there is only [`Kernels::Stock`] (candle's `conv2d` and candle-nn's
+//! `BatchNorm`); fast CPU kernels from `longtail-kernels` plug in as another variant here,
+//! without touching the network code.
+
+use candle_core::{Result, Tensor, Var};
+use candle_nn::{Init, VarBuilder};
+use serde::{Deserialize, Serialize};
+
+/// Convolution / batch-norm implementation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Kernels {
+    /// candle-core `Tensor::conv2d` and candle-nn `BatchNorm` (generic autograd backward).
+    #[default]
+    Stock,
+}
+
+/// 2-D convolution without bias: `x` `[B, Cin, H, W]`, `w` `[Cout, Cin/groups, kh, kw]`,
+/// symmetric zero `padding`, dilation 1 (PyTorch `F.conv2d(x, w, None, stride, padding, 1, groups)`).
+pub fn conv2d(
+    kernels: Kernels,
+    x: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    padding: usize,
+    groups: usize,
+) -> Result<Tensor> {
+    match kernels {
+        Kernels::Stock => x.conv2d(w, padding, stride, 1, groups),
+    }
+}
+
+/// `BatchNorm2d` with PyTorch semantics (eps 1e-5, momentum 0.1): train mode normalises with the
+/// batch statistics (biased variance) and updates the running statistics in place (unbiased
+/// variance `n/(n-1)`, n = B·H·W); eval mode uses the running statistics.
+///
+/// Its four tensors live in the VarMap under `weight`, `bias`, `running_mean`, `running_var`,
+/// the PyTorch state-dict names; the running statistics are Vars but get no gradient.
+#[derive(Clone, Debug)]
+pub struct BatchNorm2d {
+    weight: Tensor,
+    bias: Tensor,
+    running_mean: Var,
+    running_var: Var,
+    eps: f64,
+    momentum: f64,
+    kernels: Kernels,
+    stock: candle_nn::BatchNorm,
+}
+
+impl BatchNorm2d {
+    /// PyTorch `BatchNorm2d` defaults.
+    pub const EPS: f64 = 1e-5;
+    /// PyTorch `BatchNorm2d` default momentum.
+    pub const MOMENTUM: f64 = 0.1;
+
+    /// Creates (or fetches) the four tensors under `vb` (γ = 1, β = 0, mean 0, var 1 when new).
+    pub fn new(channels: usize, vb: VarBuilder, kernels: Kernels) -> Result<Self> {
+        let running_mean = vb.get_with_hints(channels, "running_mean", Init::Const(0.0))?;
+        let running_var = vb.get_with_hints(channels, "running_var", Init::Const(1.0))?;
+        let weight = vb.get_with_hints(channels, "weight", Init::Const(1.0))?;
+        let bias = vb.get_with_hints(channels, "bias", Init::Const(0.0))?;
+        // `Var::from_tensor` keeps the storage of a tensor that already is a Var (the VarMap's),
+        // so updates and loads through the VarMap reach this layer.
+        let running_mean = Var::from_tensor(&running_mean)?;
+        let running_var = Var::from_tensor(&running_var)?;
+        let stock = candle_nn::BatchNorm::new_with_momentum(
+            channels,
+            running_mean.as_tensor().clone(),
+            running_var.as_tensor().clone(),
+            weight.clone(),
+            bias.clone(),
+            Self::EPS,
+            Self::MOMENTUM,
+        )?;
+        Ok(Self {
+            weight,
+            bias,
+            running_mean,
+            running_var,
+            eps: Self::EPS,
+            momentum: Self::MOMENTUM,
+            kernels,
+            stock,
+        })
+    }
+
+    /// Normalises `x` `[B, C, H, W]`; `train` selects batch statistics (and updates the running ones).
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        match self.kernels {
+            Kernels::Stock => candle_nn::ModuleT::forward_t(&self.stock, x, train),
+        }
+    }
+
+    /// `relu(bn(x))`, the pair every block uses; a fused kernel can replace it.
+    pub fn forward_relu_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        match self.kernels {
+            Kernels::Stock => self.forward_t(x, train)?.relu(),
+        }
+    }
+
+    /// Scale γ `[C]`.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+    /// Shift β `[C]`.
+    pub fn bias(&self) -> &Tensor {
+        &self.bias
+    }
+    /// Running mean `[C]` (updated in train mode).
+    pub fn running_mean(&self) -> &Var {
+        &self.running_mean
+    }
+    /// Running (unbiased) variance `[C]` (updated in train mode).
+    pub fn running_var(&self) -> &Var {
+        &self.running_var
+    }
+    /// Epsilon added to the variance.
+    pub fn eps(&self) -> f64 {
+        self.eps
+    }
+    /// Running-statistics momentum.
+    pub fn momentum(&self) -> f64 {
+        self.momentum
+    }
+}
