@@ -698,3 +698,36 @@ fn config_serde_is_strict() -> TestResult {
     .is_err());
     Ok(())
 }
+
+/// A checkpoint written by `VarMap::save` (no `num_batches_tracked`) loads back strictly and
+/// reproduces the outputs bit for bit.
+#[test]
+fn varmap_checkpoint_round_trip() -> TestResult {
+    let cfg = tiny_cfg(Layout::SharedLayer1);
+    let (vm_a, net_a) = MultiExpert::seeded(&cfg, 21, &Device::Cpu)?;
+    let xs = randn(&[2, 3, 8, 8], 4);
+    net_a.forward_t(&xs, true)?; // move the running statistics away from 0 / 1
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("ckpt.safetensors");
+    vm_a.save(&path)?;
+    let (vm_b, net_b) = MultiExpert::seeded(&cfg, 22, &Device::Cpu)?;
+    let report = load_weights_file(&vm_b, &path)?;
+    assert!(report.ignored.is_empty());
+    assert_eq!(report.loaded.len(), vm_b.all_vars().len());
+    assert_eq!(snapshot(&vm_a), snapshot(&vm_b));
+    let (a, b) = (net_a.forward_t(&xs, false)?, net_b.forward_t(&xs, false)?);
+    assert_eq!(max_abs_diff(&a.expert_logits, &b.expert_logits), 0.0);
+    Ok(())
+}
+
+#[test]
+fn init_rejects_unknown_parameters() -> TestResult {
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    vb.get((2, 3, 4), "backbone.mystery")?;
+    let err = init_weights(&varmap, &BackboneConfig::ride_cifar(3, 10), 0).unwrap_err();
+    assert!(
+        matches!(err, BackboneError::UnknownParameter { ref name, .. } if name == "backbone.mystery")
+    );
+    Ok(())
+}
