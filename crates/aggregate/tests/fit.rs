@@ -269,3 +269,18 @@ fn fit_predict_is_the_weighted_sum() {
         }
     }
 }
+
+#[test]
+fn f64_f32_and_bf16_inputs_agree() {
+    let (a, b) = agreeing_views(&mut Gen::new(13), 3, 96, 8, 1, 4.0);
+    let agg = TestTimeAggregator::new(no_stop(0.1)).unwrap();
+    let f64_fit = agg.fit(&a, &b).unwrap();
+    let f32_fit = agg.fit(&f32(&a), &f32(&b)).unwrap();
+    let bf16 = |t: &Tensor| t.to_dtype(candle_core::DType::BF16).unwrap();
+    let bf16_fit = agg.fit(&bf16(&a), &bf16(&b)).unwrap();
+    for e in 0..3 {
+        assert!((f64_fit.weights[e] - f32_fit.weights[e]).abs() < 1e-5);
+        // bf16 rounds the logits themselves (8 bits of mantissa), so only roughly equal.
+        assert!((f64_fit.weights[e] - bf16_fit.weights[e]).abs() < 1e-2);
+    }
+}
