@@ -1,0 +1,425 @@
+//! Batch norm (train and eval, optionally fused with ReLU) and residual add + ReLU.
+//!
+//! Data are viewed as `(n, c, s)` with `s = H·W`: channel `ch` of image `i` is the contiguous
+//! plane `x[(i·c + ch)·s ..][..s]`. Per-channel reductions run in parallel over channels and
+//! walk that channel's `n` planes; element-wise passes run in parallel over planes. Sums use
+//! eight f32 lanes within a plane and f64 across planes, so accuracy does not degrade with
+//! the batch size.
+
+use crate::cpu_slice;
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
+use rayon::prelude::*;
+use std::sync::{Arc, OnceLock};
+
+/// Planes handled per rayon task in element-wise passes (keeps tasks ≥ ~4k elements).
+fn min_planes(s: usize) -> usize {
+    (4096 / s.max(1)).max(1)
+}
+
+/// Sum of a slice with eight f32 accumulators (vectorises; error ~ √(len/8)·ε).
+#[inline]
+fn lane_sum(v: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = v.chunks_exact(8);
+    let rem = chunks.remainder();
+    for c in chunks {
+        for l in 0..8 {
+            acc[l] += c[l];
+        }
+    }
+    acc.iter().sum::<f32>() + rem.iter().sum::<f32>()
+}
+
+/// `Σ (v − m)²` with eight f32 accumulators.
+#[inline]
+fn lane_sq_dev(v: &[f32], m: f32) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = v.chunks_exact(8);
+    let rem = chunks.remainder();
+    for c in chunks {
+        for l in 0..8 {
+            let d = c[l] - m;
+            acc[l] += d * d;
+        }
+    }
+    acc.iter().sum::<f32>() + rem.iter().map(|x| (x - m) * (x - m)).sum::<f32>()
+}
+
+/// Per-channel mean and biased variance of `x (n, c, s)`.
+///
+/// Each plane gives its own mean and squared deviation (two passes over a plane that is in L1),
+/// and planes are merged with Chan et al.'s pairwise update in f64: one pass over memory, no
+/// `E[x²] − E[x]²` cancellation.
+pub(crate) fn channel_stats(x: &[f32], n: usize, c: usize, s: usize) -> (Vec<f32>, Vec<f32>) {
+    let per: Vec<(f32, f32)> = (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let (mut cnt, mut mean, mut m2) = (0f64, 0f64, 0f64);
+            let nb = s as f64;
+            for i in 0..n {
+                let p = &x[(i * c + ch) * s..][..s];
+                let bm = lane_sum(p) as f64 / nb;
+                let bm2 = lane_sq_dev(p, bm as f32) as f64;
+                let tot = cnt + nb;
+                let d = bm - mean;
+                mean += d * nb / tot;
+                m2 += bm2 + d * d * cnt * nb / tot;
+                cnt = tot;
+            }
+            (mean as f32, (m2 / cnt) as f32)
+        })
+        .collect();
+    per.into_iter().unzip()
+}
+
+/// `y = x·scale[ch] + shift[ch]`, then `max(y, 0)` when `relu`.
+fn affine_planes(
+    x: &[f32],
+    c: usize,
+    s: usize,
+    scale: &[f32],
+    shift: &[f32],
+    relu: bool,
+) -> Vec<f32> {
+    let mut y = vec![0f32; x.len()];
+    if s == 0 {
+        return y;
+    }
+    y.par_chunks_mut(s)
+        .zip(x.par_chunks(s))
+        .enumerate()
+        .with_min_len(min_planes(s))
+        .for_each(|(pi, (yp, xp))| {
+            let (a, b) = (scale[pi % c], shift[pi % c]);
+            if relu {
+                yp.iter_mut()
+                    .zip(xp)
+                    .for_each(|(y, &x)| *y = (x * a + b).max(0.0));
+            } else {
+                yp.iter_mut().zip(xp).for_each(|(y, &x)| *y = x * a + b);
+            }
+        });
+    y
+}
+
+/// What a batch-norm forward computed and its backward needs: the statistics used to normalise.
+#[derive(Debug)]
+pub(crate) struct Saved {
+    /// Mean used for normalisation (batch mean in train mode, running mean in eval mode).
+    pub mean: Vec<f32>,
+    /// Biased batch variance (train) or running variance (eval).
+    pub var: Vec<f32>,
+    /// `1/√(var + eps)`.
+    pub invstd: Vec<f32>,
+}
+
+/// Which statistics normalise the input.
+pub(crate) enum Mode {
+    /// Batch statistics (training); `eps` is added to the biased batch variance.
+    Batch { eps: f64 },
+    /// Running statistics given by the caller (evaluation).
+    Running,
+}
+
+/// Batch-norm forward op on `(x, gamma, beta)`. In eval mode `saved` is filled by the caller.
+pub(crate) struct BatchNorm {
+    pub mode: Mode,
+    pub relu: bool,
+    pub saved: Arc<OnceLock<Saved>>,
+}
+
+fn dims_ncs(shape: &Shape) -> (usize, usize, usize) {
+    let d = shape.dims();
+    (d[0], d[1], d[2..].iter().product())
+}
+
+impl CustomOp3 for BatchNorm {
+    fn name(&self) -> &'static str {
+        "longtail-batch-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = cpu_slice(s1, l1)?;
+        let gamma = cpu_slice(s2, l2)?;
+        let beta = cpu_slice(s3, l3)?;
+        let (n, c, s) = dims_ncs(l1.shape());
+        if let Mode::Batch { eps } = self.mode {
+            let (mean, var) = channel_stats(x, n, c, s);
+            let invstd = var
+                .iter()
+                .map(|&v| (1.0 / (v as f64 + eps).sqrt()) as f32)
+                .collect();
+            // Only this op's forward sets it; a second call would be a logic error upstream.
+            let _ = self.saved.set(Saved { mean, var, invstd });
+        }
+        let saved = self
+            .saved
+            .get()
+            .ok_or_else(|| candle_core::Error::Msg("batch norm: statistics missing".into()))?;
+        let scale: Vec<f32> = gamma
+            .iter()
+            .zip(&saved.invstd)
+            .map(|(g, i)| g * i)
+            .collect();
+        let shift: Vec<f32> = beta
+            .iter()
+            .zip(&saved.mean)
+            .zip(&scale)
+            .map(|((b, m), a)| b - m * a)
+            .collect();
+        let y = affine_planes(x, c, s, &scale, &shift, self.relu);
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let saved = self
+            .saved
+            .get()
+            .ok_or_else(|| candle_core::Error::Msg("batch norm: backward before forward".into()))?;
+        let op = BatchNormBwd {
+            gamma: gamma.to_vec1::<f32>()?,
+            mean: saved.mean.clone(),
+            invstd: saved.invstd.clone(),
+            relu: self.relu,
+            batch_stats: matches!(self.mode, Mode::Batch { .. }),
+            param_grads: OnceLock::new(),
+        };
+        let grad = grad.contiguous()?;
+        let dx = x.apply_op3_no_bwd(res, &grad, &op)?;
+        let (dg, db) = op
+            .param_grads
+            .into_inner()
+            .ok_or_else(|| candle_core::Error::Msg("batch norm backward: no sums".into()))?;
+        let c = dg.len();
+        let dg = Tensor::from_vec(dg, c, x.device())?;
+        let db = Tensor::from_vec(db, c, x.device())?;
+        Ok((
+            x.track_op().then_some(dx),
+            gamma.track_op().then_some(dg),
+            beta.track_op().then_some(db),
+        ))
+    }
+}
+
+/// Fused batch-norm backward on `(x, y, dy)`: returns dx and leaves (dγ, dβ) in `param_grads`.
+///
+/// With `g = dy·[y > 0]` (ReLU) or `g = dy`, `x̂ = (x − μ)·σ⁻¹`, `M = n·s`:
+/// `dβ = Σ g`, `dγ = Σ g·x̂`, and in train mode
+/// `dx = γσ⁻¹·(g − dβ/M − x̂·dγ/M)` (Ioffe & Szegedy 2015, §3), in eval mode `dx = γσ⁻¹·g`.
+/// One parallel-over-channels reduction pass, then one element-wise pass.
+pub(crate) struct BatchNormBwd {
+    pub gamma: Vec<f32>,
+    pub mean: Vec<f32>,
+    pub invstd: Vec<f32>,
+    pub relu: bool,
+    pub batch_stats: bool,
+    pub param_grads: OnceLock<(Vec<f32>, Vec<f32>)>,
+}
+
+impl CustomOp3 for BatchNormBwd {
+    fn name(&self) -> &'static str {
+        "longtail-batch-norm-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = cpu_slice(s1, l1)?;
+        let y = cpu_slice(s2, l2)?;
+        let dy = cpu_slice(s3, l3)?;
+        let (n, c, s) = dims_ncs(l1.shape());
+        let relu = self.relu;
+        // Σ g and Σ g·(x − μ) per channel.
+        let sums: Vec<(f64, f64)> = (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                let m = self.mean[ch];
+                let (mut s1, mut s2) = (0f64, 0f64);
+                for i in 0..n {
+                    let o = (i * c + ch) * s;
+                    let (xp, yp, gp) = (&x[o..o + s], &y[o..o + s], &dy[o..o + s]);
+                    let (mut a1, mut a2) = ([0f32; 8], [0f32; 8]);
+                    let mut k = 0;
+                    while k + 8 <= s {
+                        for l in 0..8 {
+                            let g = if relu && yp[k + l] <= 0.0 {
+                                0.0
+                            } else {
+                                gp[k + l]
+                            };
+                            a1[l] += g;
+                            a2[l] += g * (xp[k + l] - m);
+                        }
+                        k += 8;
+                    }
+                    let (mut r1, mut r2) = (0f32, 0f32);
+                    for j in k..s {
+                        let g = if relu && yp[j] <= 0.0 { 0.0 } else { gp[j] };
+                        r1 += g;
+                        r2 += g * (xp[j] - m);
+                    }
+                    s1 += (a1.iter().sum::<f32>() + r1) as f64;
+                    s2 += (a2.iter().sum::<f32>() + r2) as f64;
+                }
+                (s1, s2)
+            })
+            .collect();
+        let count = (n * s) as f64;
+        let mut dgamma = Vec::with_capacity(c);
+        let mut dbeta = Vec::with_capacity(c);
+        // dx = a·g + b·x + k per channel.
+        let mut coef = Vec::with_capacity(c);
+        for (ch, &(sg, sgx)) in sums.iter().enumerate() {
+            let inv = self.invstd[ch] as f64;
+            let dg = sgx * inv;
+            dgamma.push(dg as f32);
+            dbeta.push(sg as f32);
+            let a = self.gamma[ch] as f64 * inv;
+            if self.batch_stats {
+                let b = -a * inv * dg / count;
+                let k = -a * sg / count - b * self.mean[ch] as f64;
+                coef.push((a as f32, b as f32, k as f32));
+            } else {
+                coef.push((a as f32, 0.0, 0.0));
+            }
+        }
+        let _ = self.param_grads.set((dgamma, dbeta));
+        let mut dx = vec![0f32; x.len()];
+        if s > 0 {
+            dx.par_chunks_mut(s)
+                .enumerate()
+                .with_min_len(min_planes(s))
+                .for_each(|(pi, dp)| {
+                    let (a, b, k) = coef[pi % c];
+                    let o = pi * s;
+                    let (xp, yp, gp) = (&x[o..o + s], &y[o..o + s], &dy[o..o + s]);
+                    for j in 0..s {
+                        let g = if relu && yp[j] <= 0.0 { 0.0 } else { gp[j] };
+                        dp[j] = a * g + b * xp[j] + k;
+                    }
+                });
+        }
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+/// `max(a + b, 0)`: the residual join of a ResNet block. Its backward is [`ReluMask`].
+pub(crate) struct AddRelu;
+
+impl CustomOp2 for AddRelu {
+    fn name(&self) -> &'static str {
+        "longtail-add-relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let a = cpu_slice(s1, l1)?;
+        let b = cpu_slice(s2, l2)?;
+        let mut y = vec![0f32; a.len()];
+        y.par_chunks_mut(8192)
+            .zip(a.par_chunks(8192).zip(b.par_chunks(8192)))
+            .for_each(|(yc, (ac, bc))| {
+                for ((y, a), b) in yc.iter_mut().zip(ac).zip(bc) {
+                    *y = (a + b).max(0.0);
+                }
+            });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = grad.contiguous()?.apply_op2_no_bwd(res, &ReluMask)?;
+        Ok((a.track_op().then(|| g.clone()), b.track_op().then_some(g)))
+    }
+}
+
+/// `(dy, y) → dy·[y > 0]`: the gradient through a ReLU given its output.
+pub(crate) struct ReluMask;
+
+impl CustomOp2 for ReluMask {
+    fn name(&self) -> &'static str {
+        "longtail-relu-mask"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = cpu_slice(s1, l1)?;
+        let y = cpu_slice(s2, l2)?;
+        let mut out = vec![0f32; g.len()];
+        out.par_chunks_mut(8192)
+            .zip(g.par_chunks(8192).zip(y.par_chunks(8192)))
+            .for_each(|(oc, (gc, yc))| {
+                for ((o, g), y) in oc.iter_mut().zip(gc).zip(yc) {
+                    *o = if *y > 0.0 { *g } else { 0.0 };
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_stats_match_two_pass_f64() {
+        let (n, c, s) = (3, 2, 13);
+        let x: Vec<f32> = (0..n * c * s)
+            .map(|i| 100.0 + ((i * 37) % 17) as f32 * 0.25)
+            .collect();
+        let (mean, var) = channel_stats(&x, n, c, s);
+        for ch in 0..c {
+            let vals: Vec<f64> = (0..n)
+                .flat_map(|i| x[(i * c + ch) * s..][..s].iter().map(|&v| v as f64))
+                .collect();
+            let m = vals.iter().sum::<f64>() / vals.len() as f64;
+            let v = vals.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / vals.len() as f64;
+            assert!(
+                (mean[ch] as f64 - m).abs() < 1e-5,
+                "mean {} vs {m}",
+                mean[ch]
+            );
+            assert!(
+                (var[ch] as f64 - v).abs() < 1e-5 * v.max(1.0),
+                "var {} vs {v}",
+                var[ch]
+            );
+        }
+    }
+}

@@ -1,0 +1,462 @@
+//! Fast CPU training kernels for candle: conv2d, batch norm (+ReLU) and residual add + ReLU.
+//!
+//! candle 0.11 trains a CIFAR ResNet-32 at 13–15 img/s on a 2-core CPU (shared/notes/candle.md
+//! §5): its conv input gradient is a direct-loop `conv_transpose2d` and its batch norm is about
+//! ten generic element-wise ops. This crate owns one idea: replacing those hot ops with
+//! `candle_core::CustomOp*` kernels (im2col + the `gemm` crate for conv, fused one-pass batch
+//! norm) whose backward passes are themselves custom ops, so candle's autograd
+//! (`loss.backward()`) trains through them unchanged.
+//!
+//! Main entry points, all on `candle_core::Tensor`, NCHW, f32:
+//! * [`conv2d`]: no bias, zero padding, any stride, groups; gradients for input and weight
+//!   (also callable directly: [`conv2d_input_grad`], [`conv2d_weight_grad`]).
+//! * [`batch_norm_train`]: batch statistics; returns the output and the batch mean/variance
+//!   for the caller's running-stat update ([`update_running_stats`]).
+//! * [`batch_norm_eval`]: running statistics, a per-channel affine.
+//! * [`add_relu`]: `max(a + b, 0)`.
+//!
+//! Off the CPU or for another dtype every function falls back to candle's stock ops, so a CUDA
+//! model keeps candle's kernels. Second-order gradients are not supported: the backward
+//! results are constants to autograd (candle detaches gradients anyway).
+//!
+//! ```
+//! use candle_core::{Device, Tensor, Var};
+//! let dev = Device::Cpu;
+//! let x = Tensor::randn(0f32, 1.0, (2, 3, 8, 8), &dev)?;
+//! let w = Var::randn(0f32, 0.1, (4, 3, 3, 3), &dev)?;
+//! let (gamma, beta) = (Var::ones(4, candle_core::DType::F32, &dev)?, Var::zeros(4, candle_core::DType::F32, &dev)?);
+//! let h = longtail_kernels::conv2d(&x, &w, 1, 1, 1)?;
+//! let (y, _mean, _var) = longtail_kernels::batch_norm_train(&h, &gamma, &beta, 1e-5, true)?;
+//! let grads = y.sum_all()?.backward()?;
+//! assert_eq!(grads.get(&w).unwrap().dims(), &[4, 3, 3, 3]);
+//! # Ok::<(), longtail_kernels::KernelError>(())
+//! ```
+#![deny(missing_docs)]
+
+mod bn;
+mod conv;
+mod error;
+
+pub use error::{KernelError, Result};
+
+use candle_core::{CpuStorage, DType, Layout, Tensor};
+use std::sync::{Arc, OnceLock};
+
+/// The contiguous f32 data of a CPU storage under `layout`.
+fn cpu_slice<'a>(s: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&s.as_slice::<f32>()?[start..end]),
+        None => Err(candle_core::Error::Msg(
+            "longtail-kernels: custom op got a non-contiguous input".into(),
+        )),
+    }
+}
+
+/// True when the fast kernels apply: CPU tensors of dtype f32.
+fn fast(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == DType::F32
+}
+
+fn check_rank(op: &'static str, arg: &'static str, t: &Tensor, want: usize) -> Result<()> {
+    if t.rank() != want {
+        return Err(KernelError::Rank {
+            op,
+            arg,
+            want,
+            got: t.dims().to_vec(),
+        });
+    }
+    Ok(())
+}
+
+fn check_like(op: &'static str, arg: &'static str, x: &Tensor, t: &Tensor) -> Result<()> {
+    if t.dtype() != x.dtype() {
+        return Err(KernelError::DType {
+            op,
+            arg,
+            want: x.dtype(),
+            got: t.dtype(),
+        });
+    }
+    if !t.device().same_device(x.device()) {
+        return Err(KernelError::Device { op, arg });
+    }
+    Ok(())
+}
+
+fn check_channel_vec(op: &'static str, arg: &'static str, x: &Tensor, t: &Tensor) -> Result<()> {
+    check_like(op, arg, x, t)?;
+    let c = x.dim(1)?;
+    if t.dims() != [c] {
+        return Err(KernelError::Shape {
+            op,
+            arg,
+            want: vec![c],
+            got: t.dims().to_vec(),
+        });
+    }
+    Ok(())
+}
+
+/// 2-D convolution of `x (N, C_in, H, W)` with `w (C_out, C_in/groups, kh, kw)`, no bias,
+/// zero `padding` on all sides, dilation 1: `(N, C_out, Ho, Wo)` with
+/// `Ho = (H + 2·padding − kh)/stride + 1`. Same semantics as `Tensor::conv2d` and PyTorch
+/// `F.conv2d`; gradients flow to `x` and `w`.
+///
+/// On CPU f32 this is im2col + `gemm`, with dx and dw as GEMM-based custom ops (see the `conv`
+/// module docs for the layout choice). Elsewhere it calls `x.conv2d(w, padding, stride, 1, groups)`.
+pub fn conv2d(
+    x: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    padding: usize,
+    groups: usize,
+) -> Result<Tensor> {
+    const OP: &str = "conv2d";
+    check_rank(OP, "x", x, 4)?;
+    check_rank(OP, "w", w, 4)?;
+    check_like(OP, "w", x, w)?;
+    check_conv(OP, x.dims4()?, w.dims4()?, stride, padding, groups)?;
+    if !fast(x) {
+        return Ok(x.conv2d(w, padding, stride, 1, groups)?);
+    }
+    let op = conv::Conv2d {
+        stride,
+        pad: padding,
+        groups,
+    };
+    Ok(x.contiguous()?.apply_op2(&w.contiguous()?, op)?)
+}
+
+/// Checks conv arguments shared by the forward and the two gradient functions; returns the
+/// output spatial size.
+fn check_conv(
+    op: &'static str,
+    x_dims: (usize, usize, usize, usize),
+    w_dims: (usize, usize, usize, usize),
+    stride: usize,
+    padding: usize,
+    groups: usize,
+) -> Result<(usize, usize)> {
+    let (_, c_in, h, wd) = x_dims;
+    let (c_out, w_cin, kh, kw) = w_dims;
+    if stride == 0 {
+        return Err(KernelError::Zero { op, arg: "stride" });
+    }
+    if groups == 0 || c_out % groups != 0 {
+        return Err(KernelError::Groups { groups, c_out });
+    }
+    if w_cin * groups != c_in {
+        return Err(KernelError::ChannelMismatch {
+            x_channels: c_in,
+            w_channels: w_cin,
+            groups,
+        });
+    }
+    if kh == 0 || kw == 0 || h + 2 * padding < kh || wd + 2 * padding < kw {
+        return Err(KernelError::KernelTooLarge {
+            h,
+            w: wd,
+            kh,
+            kw,
+            padding,
+        });
+    }
+    Ok((
+        (h + 2 * padding - kh) / stride + 1,
+        (wd + 2 * padding - kw) / stride + 1,
+    ))
+}
+
+fn check_dy(op: &'static str, dy: &Tensor, want: [usize; 4]) -> Result<()> {
+    if dy.dims() != want {
+        return Err(KernelError::Shape {
+            op,
+            arg: "dy",
+            want: want.to_vec(),
+            got: dy.dims().to_vec(),
+        });
+    }
+    Ok(())
+}
+
+/// Gradient of [`conv2d`] with respect to its input: given `dy (N, C_out, Ho, Wo)` and the weight,
+/// returns `dx (N, C_in, H, W)` for an input of `input_hw = (H, W)` pixels (needed because
+/// stride > 1 maps several input sizes to one output size).
+///
+/// This is what [`conv2d`]'s backward runs; it is public for benchmarks and for callers that
+/// write their own backward. The result carries no autograd graph. Off the CPU or for another
+/// dtype it is computed through candle's stock conv2d autograd.
+pub fn conv2d_input_grad(
+    dy: &Tensor,
+    w: &Tensor,
+    input_hw: (usize, usize),
+    stride: usize,
+    padding: usize,
+    groups: usize,
+) -> Result<Tensor> {
+    const OP: &str = "conv2d_input_grad";
+    check_rank(OP, "dy", dy, 4)?;
+    check_rank(OP, "w", w, 4)?;
+    check_like(OP, "w", dy, w)?;
+    let n = dy.dim(0)?;
+    let c_in = w.dim(1)? * groups;
+    let x_dims = (n, c_in, input_hw.0, input_hw.1);
+    let (ho, wo) = check_conv(OP, x_dims, w.dims4()?, stride, padding, groups)?;
+    check_dy(OP, dy, [n, w.dim(0)?, ho, wo])?;
+    if !fast(dy) {
+        let x = candle_core::Var::zeros(x_dims, dy.dtype(), dy.device())?;
+        let y = x.conv2d(&w.detach(), padding, stride, 1, groups)?;
+        let grads = (y * dy.detach())?.sum_all()?.backward()?;
+        let dx = grads.get(&x).cloned();
+        return dx.ok_or_else(|| {
+            candle_core::Error::Msg("conv2d_input_grad: no gradient".into()).into()
+        });
+    }
+    let op = conv::Conv2dDx {
+        stride,
+        pad: padding,
+        groups,
+        c_in,
+        h: input_hw.0,
+        w: input_hw.1,
+    };
+    Ok(dy.contiguous()?.apply_op2_no_bwd(&w.contiguous()?, &op)?)
+}
+
+/// Gradient of [`conv2d`] with respect to its weight: given the input `x (N, C_in, H, W)` and
+/// `dy (N, C_out, Ho, Wo)`, returns `dw (C_out, C_in/groups, kh, kw)` for `kernel_hw = (kh, kw)`.
+///
+/// This is what [`conv2d`]'s backward runs; public for benchmarks and custom backward passes.
+/// The result carries no autograd graph. Off the CPU or for another dtype it is computed
+/// through candle's stock conv2d autograd.
+pub fn conv2d_weight_grad(
+    x: &Tensor,
+    dy: &Tensor,
+    kernel_hw: (usize, usize),
+    stride: usize,
+    padding: usize,
+    groups: usize,
+) -> Result<Tensor> {
+    const OP: &str = "conv2d_weight_grad";
+    check_rank(OP, "x", x, 4)?;
+    check_rank(OP, "dy", dy, 4)?;
+    check_like(OP, "dy", x, dy)?;
+    let (n, c_in, _, _) = x.dims4()?;
+    let c_out = dy.dim(1)?;
+    if groups == 0 || c_in % groups != 0 {
+        return Err(KernelError::Groups { groups, c_out });
+    }
+    let w_dims = (c_out, c_in / groups, kernel_hw.0, kernel_hw.1);
+    let (ho, wo) = check_conv(OP, x.dims4()?, w_dims, stride, padding, groups)?;
+    check_dy(OP, dy, [n, c_out, ho, wo])?;
+    if !fast(x) {
+        let w = candle_core::Var::zeros(w_dims, x.dtype(), x.device())?;
+        let y = x.detach().conv2d(&w, padding, stride, 1, groups)?;
+        let grads = (y * dy.detach())?.sum_all()?.backward()?;
+        let dw = grads.get(&w).cloned();
+        return dw.ok_or_else(|| {
+            candle_core::Error::Msg("conv2d_weight_grad: no gradient".into()).into()
+        });
+    }
+    let op = conv::Conv2dDw {
+        stride,
+        pad: padding,
+        groups,
+        kh: kernel_hw.0,
+        kw: kernel_hw.1,
+    };
+    Ok(x.contiguous()?.apply_op2_no_bwd(&dy.contiguous()?, &op)?)
+}
+
+fn check_bn(op: &'static str, x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<()> {
+    if x.rank() < 2 {
+        return Err(KernelError::Rank {
+            op,
+            arg: "x",
+            want: 4,
+            got: x.dims().to_vec(),
+        });
+    }
+    check_channel_vec(op, "gamma", x, gamma)?;
+    check_channel_vec(op, "beta", x, beta)?;
+    if !(eps.is_finite() && eps > 0.0) {
+        return Err(KernelError::Eps { op, eps });
+    }
+    Ok(())
+}
+
+/// `(N, C, …)` → `(N, C, S)` dims with `S` the product of the trailing dims.
+fn ncs(x: &Tensor) -> (usize, usize, usize) {
+    let d = x.dims();
+    (d[0], d[1], d[2..].iter().product())
+}
+
+/// Training-mode batch norm over `x (N, C, H, W)` (any rank ≥ 2; statistics over every dim but 1).
+///
+/// `y = γ·(x − μ_B)/√(σ²_B + eps) + β` with the batch mean `μ_B` and the *biased* batch
+/// variance `σ²_B` (PyTorch `BatchNorm2d` in train mode), then `max(y, 0)` when `relu`.
+/// Returns `(y, μ_B, σ²_B)`; the two statistics have shape `(C,)` and carry no gradient. The
+/// caller updates its running statistics from them with [`update_running_stats`].
+///
+/// Gradients flow to `x`, `gamma` and `beta`. On CPU f32 the forward is one statistics pass and
+/// one normalise pass, and the backward computes dx, dγ, dβ in one fused op. The ReLU gradient
+/// is zero where `y ≤ 0`, as PyTorch's `threshold_backward`.
+/// Differs from candle's stock `relu` backward, which passes the gradient at exactly 0.
+pub fn batch_norm_train(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    relu: bool,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    const OP: &str = "batch_norm_train";
+    check_bn(OP, x, gamma, beta, eps)?;
+    let (n, c, s) = ncs(x);
+    if n * s < 2 {
+        return Err(KernelError::TooFewValues { count: n * s });
+    }
+    if !fast(x) {
+        return stock_bn_train(x, gamma, beta, eps, relu);
+    }
+    let saved = Arc::new(OnceLock::new());
+    let op = bn::BatchNorm {
+        mode: bn::Mode::Batch { eps },
+        relu,
+        saved: saved.clone(),
+    };
+    let y = x
+        .contiguous()?
+        .apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?;
+    let stats = saved.get().ok_or_else(|| {
+        candle_core::Error::Msg("batch_norm_train: statistics not computed".into())
+    })?;
+    let mean = Tensor::from_vec(stats.mean.clone(), c, x.device())?;
+    let var = Tensor::from_vec(stats.var.clone(), c, x.device())?;
+    Ok((y, mean, var))
+}
+
+fn stock_bn_train(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    relu: bool,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let (n, c, s) = ncs(x);
+    let xr = x.reshape((n, c, s))?;
+    let mean = xr.mean_keepdim(2)?.mean_keepdim(0)?;
+    let xc = xr.broadcast_sub(&mean)?;
+    let var = xc.sqr()?.mean_keepdim(2)?.mean_keepdim(0)?;
+    let y = xc
+        .broadcast_div(&(&var + eps)?.sqrt()?)?
+        .broadcast_mul(&gamma.reshape((1, c, 1))?)?
+        .broadcast_add(&beta.reshape((1, c, 1))?)?;
+    let y = if relu { y.relu()? } else { y };
+    Ok((
+        y.reshape(x.shape())?,
+        mean.flatten_all()?.detach(),
+        var.flatten_all()?.detach(),
+    ))
+}
+
+/// Evaluation-mode batch norm: `y = γ·(x − running_mean)/√(running_var + eps) + β`, a
+/// per-channel affine, then `max(y, 0)` when `relu`. `running_*` have shape `(C,)` and get no
+/// gradient; `x`, `gamma` and `beta` do (for fine-tuning with frozen statistics).
+pub fn batch_norm_eval(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    eps: f64,
+    relu: bool,
+) -> Result<Tensor> {
+    const OP: &str = "batch_norm_eval";
+    check_bn(OP, x, gamma, beta, eps)?;
+    check_channel_vec(OP, "running_mean", x, running_mean)?;
+    check_channel_vec(OP, "running_var", x, running_var)?;
+    if !fast(x) {
+        let (n, c, s) = ncs(x);
+        let scale = (gamma / (running_var + eps)?.sqrt()?)?;
+        let shift = (beta - (running_mean * &scale)?)?;
+        let y = x
+            .reshape((n, c, s))?
+            .broadcast_mul(&scale.reshape((1, c, 1))?)?
+            .broadcast_add(&shift.reshape((1, c, 1))?)?;
+        let y = if relu { y.relu()? } else { y };
+        return Ok(y.reshape(x.shape())?);
+    }
+    let mean = running_mean.to_vec1::<f32>()?;
+    let var = running_var.to_vec1::<f32>()?;
+    let invstd = var
+        .iter()
+        .map(|&v| (1.0 / (v as f64 + eps).sqrt()) as f32)
+        .collect();
+    let saved = Arc::new(OnceLock::new());
+    let _ = saved.set(bn::Saved { mean, var, invstd });
+    let op = bn::BatchNorm {
+        mode: bn::Mode::Running,
+        relu,
+        saved,
+    };
+    Ok(x.contiguous()?
+        .apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?)
+}
+
+/// `max(a + b, 0)` for two tensors of one shape: the residual join of a ResNet block.
+/// Gradients flow to both; the ReLU gradient is zero where the output is 0 (PyTorch semantics).
+pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    const OP: &str = "add_relu";
+    check_like(OP, "b", a, b)?;
+    if a.dims() != b.dims() {
+        return Err(KernelError::Shape {
+            op: OP,
+            arg: "b",
+            want: a.dims().to_vec(),
+            got: b.dims().to_vec(),
+        });
+    }
+    if !fast(a) {
+        return Ok((a + b)?.relu()?);
+    }
+    Ok(a.contiguous()?.apply_op2(&b.contiguous()?, bn::AddRelu)?)
+}
+
+/// PyTorch's running-statistics update after a training-mode batch norm over `count = N·H·W`
+/// values: `m ← (1 − momentum)·m + momentum·μ_B`, `v ← (1 − momentum)·v + momentum·σ²_B·count/(count − 1)`
+/// (the unbiased batch variance; PyTorch uses momentum 0.1). Returns the new `(mean, var)`,
+/// detached, for the caller to store (e.g. `Var::set`).
+pub fn update_running_stats(
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    batch_mean: &Tensor,
+    batch_var: &Tensor,
+    count: usize,
+    momentum: f64,
+) -> Result<(Tensor, Tensor)> {
+    const OP: &str = "update_running_stats";
+    if count < 2 {
+        return Err(KernelError::TooFewValues { count });
+    }
+    for (arg, t) in [
+        ("running_var", running_var),
+        ("batch_mean", batch_mean),
+        ("batch_var", batch_var),
+    ] {
+        check_like(OP, arg, running_mean, t)?;
+        if t.dims() != running_mean.dims() {
+            return Err(KernelError::Shape {
+                op: OP,
+                arg,
+                want: running_mean.dims().to_vec(),
+                got: t.dims().to_vec(),
+            });
+        }
+    }
+    let unbias = count as f64 / (count as f64 - 1.0);
+    let mean = ((running_mean.detach() * (1.0 - momentum))? + (batch_mean.detach() * momentum)?)?;
+    let var =
+        ((running_var.detach() * (1.0 - momentum))? + (batch_var.detach() * (momentum * unbias))?)?;
+    Ok((mean, var))
+}
