@@ -7,6 +7,7 @@
 pub mod classification;
 mod error;
 pub mod shots;
+pub mod uncertainty;
 
 pub use classification::{argmax_rows, classification_report, ClassificationReport};
 pub use error::MetricsError;
