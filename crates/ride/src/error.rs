@@ -48,8 +48,8 @@ pub enum RideError {
     TargetOutOfRange {
         /// Position of the label in the batch.
         index: usize,
-        /// The label.
-        target: u32,
+        /// The label as given.
+        target: i64,
         /// Number of classes.
         classes: usize,
     },

@@ -452,7 +452,7 @@ fn read_targets(targets: &Tensor, batch: usize, classes: usize) -> candle_core::
                 .ok_or_else(|| {
                     wrap(RideError::TargetOutOfRange {
                         index,
-                        target: t.clamp(0, u32::MAX as i64) as u32,
+                        target: t,
                         classes,
                     })
                 })

@@ -1,0 +1,73 @@
+//! The error type of this crate.
+
+/// Everything that can go wrong when building a SADE loss or resolving a preset.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SadeError {
+    /// The class-count list is empty.
+    #[error("no classes: the class-count list is empty")]
+    NoClasses,
+    /// Every class count is 0, so there is no prior.
+    #[error("all {classes} class counts are 0: the prior is undefined")]
+    NoSamples {
+        /// Number of classes.
+        classes: usize,
+    },
+    /// A configuration value is NaN or infinite.
+    #[error("{field} must be finite, got {value}")]
+    NonFinite {
+        /// Name of the offending field.
+        field: &'static str,
+        /// The value that was given.
+        value: f64,
+    },
+    /// A configuration value is finite but outside its valid range.
+    #[error("{field} must be {expected}, got {value}")]
+    OutOfRange {
+        /// Name of the offending field.
+        field: &'static str,
+        /// The value that was given.
+        value: f64,
+        /// The valid range, in words.
+        expected: &'static str,
+    },
+    /// SADE has exactly three experts (forward, uniform, backward).
+    #[error("sade needs exactly 3 experts (forward, uniform, backward), got {got}")]
+    ExpertCount {
+        /// The number of experts given.
+        got: usize,
+    },
+    /// The logits or targets given to the loss have the wrong rank, shape or dtype.
+    #[error("{what}: expected {expected}, got {got}")]
+    Shape {
+        /// Which input is wrong.
+        what: &'static str,
+        /// What was expected.
+        expected: String,
+        /// What was given.
+        got: String,
+    },
+    /// A target label is not a valid class index.
+    #[error(
+        "target {target} at batch position {index} is not a class index (only {classes} classes)"
+    )]
+    TargetOutOfRange {
+        /// Position of the label in the batch.
+        index: usize,
+        /// The label as given.
+        target: i64,
+        /// Number of classes.
+        classes: usize,
+    },
+    /// No preset has this name.
+    #[error("unknown preset {name:?}; known presets: {known}")]
+    UnknownPreset {
+        /// The name that was asked for.
+        name: String,
+        /// The known names, comma separated.
+        known: String,
+    },
+    /// A tensor operation failed.
+    #[error(transparent)]
+    Tensor(#[from] candle_core::Error),
+}

@@ -1,0 +1,39 @@
+//! SADE: Self-Supervised Aggregation of Diverse Experts (Zhang, Hooi, Hong, Feng, NeurIPS 2022;
+//! earlier "TADE", arXiv 2107.09249).
+//!
+//! SADE trains three experts on a shared trunk, each for a different class distribution: a
+//! *forward* expert with plain softmax cross-entropy (fits the long-tailed training
+//! distribution), a *uniform* expert with balanced softmax (logits + log prior), and a
+//! *backward* expert with an inverse softmax that targets an inversely long-tailed
+//! distribution (logits + log π − τ·log π̄, where π̄ mirrors the prior by rank). At test time,
+//! the expert weights are learned on the unlabeled test set by maximising prediction stability
+//! between two augmented views (that part lives in the `aggregate` crate). This crate owns the
+//! training loss and the official recipes, as implemented in `Vanint/SADE-AgnosticLT` at
+//! `cba11b8` (see `shared/specs/sade.md`).
+//!
+//! Main items:
+//! - [`SadeLoss`]: the summed three-expert loss on `[B, 3, C]` logits.
+//! - [`inverse_prior`]: the rank-mirrored prior π̄, with a deterministic tie-break.
+//! - [`presets`]: the official recipes, including the test-time aggregation settings.
+//! - [`SadeError`]: what can go wrong when building any of these.
+//!
+//! ```
+//! use candle_core::{DType, Device, Tensor};
+//! use longtail_sade::SadeLoss;
+//!
+//! let dev = Device::Cpu;
+//! let loss = SadeLoss::new(&[50, 20, 5], 2.0, &dev)?;
+//! let logits = Tensor::zeros((2, 3, 3), DType::F32, &dev)?; // [B, 3 experts, C]
+//! let targets = Tensor::new(&[0u32, 2], &dev)?;
+//! let value = loss.forward(&logits, &targets)?.to_scalar::<f32>()?;
+//! assert!(value.is_finite());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![deny(missing_docs)]
+
+mod error;
+mod loss;
+pub mod presets;
+
+pub use error::SadeError;
+pub use loss::{inverse_prior, SadeLoss, SadeLossConfig, PRIOR_EPS};

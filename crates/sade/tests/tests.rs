@@ -1,0 +1,476 @@
+//! Integration tests of `longtail-sade`: parity with the official SADE loss, the inverse prior
+//! and its tie-break, errors and presets.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor, Var};
+use longtail_sade::presets::{self, LrSchedule, PRESETS};
+use longtail_sade::{inverse_prior, SadeError, SadeLoss, SadeLossConfig};
+
+/// `shared/fixtures/official`, found by walking up from this crate (`/work/main/crates/sade`
+/// → `/work/shared`; a CI clone has `shared/` beside it). Panics with a clear message if absent.
+fn fixtures_dir() -> PathBuf {
+    let start = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    for dir in start.ancestors() {
+        let candidate = dir.join("shared").join("fixtures").join("official");
+        if candidate.is_dir() {
+            return candidate;
+        }
+    }
+    panic!(
+        "fixtures not found: no ancestor of {} contains shared/fixtures/official",
+        start.display()
+    );
+}
+
+fn load_fixture(name: &str) -> HashMap<String, Tensor> {
+    let path = fixtures_dir().join(name);
+    candle_core::safetensors::load(&path, &Device::Cpu)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+fn read_json(name: &str) -> serde_json::Value {
+    let path = fixtures_dir().join(name);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    serde_json::from_str(&text).expect("fixture json parses")
+}
+
+fn json_f64s(v: &serde_json::Value) -> Vec<f64> {
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_f64().expect("number"))
+        .collect()
+}
+
+fn fixture_counts(fx: &HashMap<String, Tensor>) -> Vec<usize> {
+    fx["cls_num_list"]
+        .to_vec1::<i64>()
+        .unwrap()
+        .into_iter()
+        .map(|n| n as usize)
+        .collect()
+}
+
+/// Expected: fixtures/official/sade_loss_c10.safetensors, made by the official
+/// `DiverseExpertLoss(cls_num_list, tau=2)` on E = 3, B = 32, C = 10 logits from
+/// `torch.Generator().manual_seed(201)`; the recipe is in sade_loss_c10.json beside it. SADE has
+/// no epoch hook, so both stored epochs are the same. Fixture logits are [E, B, C]; ours [B, E, C].
+#[test]
+fn sade_loss_matches_official_values_and_gradients() {
+    let fx = load_fixture("sade_loss_c10.safetensors");
+    let loss = SadeLoss::new(&fixture_counts(&fx), 2.0, &Device::Cpu).unwrap();
+    let logits = Var::from_tensor(
+        &fx["expert_logits"]
+            .transpose(0, 1)
+            .unwrap()
+            .contiguous()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(fx["targets"].dtype(), DType::I64);
+    for epoch in [1usize, 170] {
+        let value = loss.forward(logits.as_tensor(), &fx["targets"]).unwrap();
+        let got = value.to_scalar::<f32>().unwrap();
+        let want = fx[&format!("loss_epoch{epoch}")]
+            .to_scalar::<f32>()
+            .unwrap();
+        eprintln!("epoch {epoch}: loss {got} vs official {want}");
+        assert!(
+            (got - want).abs() <= 1e-4 + 1e-6 * want.abs(),
+            "loss {got} vs official {want}"
+        );
+        let grads = value.backward().unwrap();
+        let grad = grads
+            .get(logits.as_tensor())
+            .expect("gradient of the logits");
+        let got = grad
+            .transpose(0, 1)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let want = fx[&format!("grad_epoch{epoch}")]
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let mut max_abs = 0f32;
+        for (g, w) in got.iter().zip(&want) {
+            assert!(
+                (g - w).abs() <= 1e-6 + 1e-5 * w.abs(),
+                "gradient {g} vs official {w}"
+            );
+            max_abs = max_abs.max((g - w).abs());
+        }
+        eprintln!("epoch {epoch}: max |grad diff| {max_abs:e}");
+    }
+}
+
+/// Prior, inverse prior and the experts' offsets equal the official float32 constants in
+/// sade_loss_c10.json.
+#[test]
+fn constants_match_official_json() {
+    let json = read_json("sade_loss_c10.json");
+    let counts: Vec<usize> = json["cls_num_list"]["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as usize)
+        .collect();
+    let loss = SadeLoss::new(&counts, 2.0, &Device::Cpu).unwrap();
+    let k = &json["derived_constants_float32"];
+    let pairs: [(&[f64], Vec<f64>, f64); 4] = [
+        (loss.prior(), json_f64s(&k["prior"]), 1e-7),
+        (loss.inverse_prior(), json_f64s(&k["inverse_prior"]), 1e-7),
+        (
+            loss.offsets(1).unwrap(),
+            json_f64s(&k["expert2 additive offset log(prior + 1e-9)"]),
+            1e-6,
+        ),
+        (
+            loss.offsets(2).unwrap(),
+            json_f64s(
+                &k["expert3 additive offset log(prior + 1e-9) - tau * log(inverse_prior + 1e-9)"],
+            ),
+            2e-6,
+        ),
+    ];
+    for (got, want, tol) in pairs {
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() <= tol, "{g} vs official {w}");
+        }
+    }
+    assert!(loss.offsets(0).unwrap().iter().all(|&v| v == 0.0));
+    assert!(loss.offsets(3).is_none());
+}
+
+/// Ties: equal counts are ranked by class index (lower index = more frequent), so for counts
+/// that do not increase with the index π̄_c = π_{C−1−c}, even inside tie groups. The official
+/// code leaves the order inside a tie group to an unstable GPU sort.
+#[test]
+fn inverse_prior_tie_break_is_by_class_index() {
+    // [6, 6, 3, 1] / 16: tied classes 0 and 1 get π₃ and π₂ respectively.
+    let q = inverse_prior(&[6, 6, 3, 1]).unwrap();
+    assert_eq!(q, vec![1.0 / 16.0, 3.0 / 16.0, 6.0 / 16.0, 6.0 / 16.0]);
+    // Unsorted with a tie: rank order is c1(6), c3(6), c0(3), c2(1).
+    let q = inverse_prior(&[3, 6, 1, 6]).unwrap();
+    assert_eq!(q, vec![6.0 / 16.0, 1.0 / 16.0, 6.0 / 16.0, 3.0 / 16.0]);
+    // CIFAR-100-LT IF 100 has tie groups at the tail (…, 6, 6, 6, 6, 5, 5, 5, 5).
+    let json = read_json("cifar_lt_ldam_profile_counts.json");
+    let counts: Vec<usize> = json["profiles"]["cifar100_lt"]["if100"]["counts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as usize)
+        .collect();
+    assert!(
+        counts.windows(2).any(|w| w[0] == w[1]),
+        "the profile should have ties"
+    );
+    let total: usize = counts.iter().sum();
+    let q = inverse_prior(&counts).unwrap();
+    for (c, &v) in q.iter().enumerate() {
+        assert_eq!(v, counts[99 - c] as f64 / total as f64, "class {c}");
+    }
+    // π̄ is a permutation of π.
+    let mut a = q.clone();
+    let mut b: Vec<f64> = counts.iter().map(|&n| n as f64 / total as f64).collect();
+    a.sort_by(f64::total_cmp);
+    b.sort_by(f64::total_cmp);
+    assert_eq!(a, b);
+}
+
+/// Hand-computed: with uniform counts every offset is a constant per expert, so every expert's
+/// CE equals plain CE and the loss is 3·CE; with zero logits that is 3·ln C.
+#[test]
+fn uniform_prior_reduces_to_three_plain_cross_entropies() {
+    let loss = SadeLoss::new(&[7, 7, 7, 7], 2.0, &Device::Cpu).unwrap();
+    let z = Tensor::zeros((5, 3, 4), DType::F32, &Device::Cpu).unwrap();
+    let y = Tensor::new(&[0u32, 1, 2, 3, 0], &Device::Cpu).unwrap();
+    let got = loss.forward(&z, &y).unwrap().to_scalar::<f32>().unwrap();
+    assert!((got - 3.0 * 4f32.ln()).abs() < 1e-5, "{got}");
+    // Hand-computed two-class case: counts (3, 1), τ = 1, one sample of class 1, zero logits.
+    // Expert 1: ln 2. Expert 2: offsets ln(.75), ln(.25) → −ln(.25/(.75+.25)) = ln 4.
+    // Expert 3: offsets ln(.75) − ln(.25) = ln 3, ln(.25) − ln(.75) = −ln 3 → ln(1 + 9) = ln 10.
+    let loss = SadeLoss::new(&[3, 1], 1.0, &Device::Cpu).unwrap();
+    let z = Tensor::zeros((1, 3, 2), DType::F32, &Device::Cpu).unwrap();
+    let got = loss
+        .forward(&z, &Tensor::new(&[1u32], &Device::Cpu).unwrap())
+        .unwrap();
+    let want = 2f32.ln() + 4f32.ln() + 10f32.ln();
+    assert!((got.to_scalar::<f32>().unwrap() - want).abs() < 1e-5);
+}
+
+#[test]
+fn bad_inputs_give_typed_errors() {
+    let dev = Device::Cpu;
+    assert!(matches!(
+        SadeLoss::new(&[], 2.0, &dev),
+        Err(SadeError::NoClasses)
+    ));
+    assert!(matches!(
+        SadeLoss::new(&[0, 0], 2.0, &dev),
+        Err(SadeError::NoSamples { classes: 2 })
+    ));
+    assert!(matches!(
+        SadeLoss::new(&[3, 1], f64::NAN, &dev),
+        Err(SadeError::NonFinite { field: "tau", .. })
+    ));
+    assert!(matches!(
+        SadeLoss::new(&[3, 1], -1.0, &dev),
+        Err(SadeError::OutOfRange { field: "tau", .. })
+    ));
+    // A zero count alone is allowed (prior 0, log kept finite by the 1e-9).
+    let loss = SadeLoss::new(&[4, 2, 0], 2.0, &dev).unwrap();
+    let y = Tensor::new(&[0u32, 2], &dev).unwrap();
+    let z = Tensor::zeros((2, 3, 3), DType::F32, &dev).unwrap();
+    assert!(loss
+        .forward(&z, &y)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+        .is_finite());
+    for e in [1usize, 2, 4, 6] {
+        let z = Tensor::zeros((2, e, 3), DType::F32, &dev).unwrap();
+        let err = loss.forward(&z, &y).unwrap_err();
+        assert!(
+            err.to_string().contains(&format!(
+                "exactly 3 experts (forward, uniform, backward), got {e}"
+            )),
+            "{err}"
+        );
+    }
+    let err = loss
+        .forward(&z, &Tensor::new(&[0u32, 3], &dev).unwrap())
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("target 3 at batch position 1"),
+        "{err}"
+    );
+    let err = loss
+        .forward(&z, &Tensor::new(&[-2i64, 0], &dev).unwrap())
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("target -2 at batch position 0"),
+        "{err}"
+    );
+    let err = loss
+        .forward(&z, &Tensor::new(&[0u32, 1, 2], &dev).unwrap())
+        .unwrap_err();
+    assert!(err.to_string().contains("targets: expected [2]"), "{err}");
+    let wrong_c = Tensor::zeros((2, 3, 5), DType::F32, &dev).unwrap();
+    assert!(loss
+        .forward(&wrong_c, &y)
+        .unwrap_err()
+        .to_string()
+        .contains("expected [B, 3, 3]"));
+    assert!(
+        serde_json::from_str::<SadeLossConfig>(r#"{"tua": 2}"#).is_err(),
+        "unknown field accepted"
+    );
+    assert_eq!(
+        serde_json::from_str::<SadeLossConfig>("{}").unwrap().tau,
+        2.0
+    );
+}
+
+#[test]
+fn presets_are_complete_and_valid() {
+    let mut names: Vec<&str> = PRESETS.iter().map(|p| p.name).collect();
+    for p in PRESETS {
+        assert!(p.name.starts_with("sade."), "{}", p.name);
+        let r = (p.build)();
+        r.loss.check().unwrap_or_else(|e| panic!("{}: {e}", p.name));
+        assert_eq!(r.backbone.experts, 3, "{}", p.name);
+        assert!(r.optim.epochs > 0 && r.optim.batch_size > 0 && r.optim.lr > 0.0);
+        if let LrSchedule::Steps { milestones, .. } = &r.optim.schedule {
+            assert!(milestones.windows(2).all(|w| w[0] < w[1]));
+            assert!(milestones.iter().all(|&m| m < r.optim.epochs));
+        }
+        let t = &r.test_time;
+        assert_eq!(
+            (t.epochs, t.batch_size, t.momentum, t.nesterov, t.min_weight),
+            (5, 128, 0.9, true, 0.05)
+        );
+        let json = serde_json::to_string(&r).unwrap();
+        assert_eq!(serde_json::from_str::<presets::Recipe>(&json).unwrap(), r);
+        assert_eq!(presets::preset(p.name).unwrap(), r);
+    }
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), PRESETS.len(), "duplicate preset names");
+    for want in [
+        "sade.cifar100-lt",
+        "sade.cifar100-lt.if50",
+        "sade.cifar100-lt.if10",
+        "sade.imagenet-lt",
+        "sade.inat2018",
+        "sade.places-lt",
+        "sade.fmnist-lt",
+    ] {
+        assert!(names.contains(&want), "missing {want}");
+    }
+    assert!(matches!(
+        presets::preset("sade.cifar"),
+        Err(SadeError::UnknownPreset { .. })
+    ));
+}
+
+/// The official values of spec sade.md §2 and §4.
+#[test]
+fn presets_hold_official_values() {
+    for (name, ratio) in [
+        ("sade.cifar100-lt", 100.0),
+        ("sade.cifar100-lt.if50", 50.0),
+        ("sade.cifar100-lt.if10", 10.0),
+    ] {
+        let c = presets::preset(name).unwrap();
+        assert_eq!(c.dataset.imbalance_ratio, Some(ratio));
+        assert_eq!(
+            (
+                c.backbone.arch.as_str(),
+                c.backbone.reduce_dimension,
+                c.backbone.blocks_per_stage
+            ),
+            ("resnet32", true, Some(5))
+        );
+        assert_eq!(
+            (
+                c.optim.epochs,
+                c.optim.batch_size,
+                c.optim.lr,
+                c.optim.weight_decay
+            ),
+            (200, 128, 0.1, 5e-4)
+        );
+        assert_eq!(
+            (c.optim.warmup_epochs, c.optim.nesterov, c.optim.momentum),
+            (5, true, 0.9)
+        );
+        assert_eq!(
+            c.optim.schedule,
+            LrSchedule::Steps {
+                milestones: vec![160, 180],
+                gamma: 0.1
+            }
+        );
+        assert_eq!(c.loss.tau, 2.0);
+        assert_eq!(
+            (
+                c.test_time.lr,
+                c.test_time.weight_decay,
+                c.test_time.blur_probability
+            ),
+            (0.1, 5e-4, 0.2)
+        );
+    }
+    let i = presets::preset("sade.imagenet-lt").unwrap();
+    assert_eq!(
+        (
+            i.backbone.arch.as_str(),
+            i.optim.epochs,
+            i.optim.batch_size,
+            i.optim.lr
+        ),
+        ("resnext50", 180, 64, 0.025)
+    );
+    assert_eq!(
+        (i.optim.weight_decay, i.optim.warmup_epochs, i.loss.tau),
+        (5e-4, 0, 2.0)
+    );
+    assert_eq!(
+        i.optim.schedule,
+        LrSchedule::Cosine {
+            t_max: 180,
+            eta_min: 0.0
+        }
+    );
+    assert_eq!(
+        (
+            i.test_time.lr,
+            i.test_time.weight_decay,
+            i.test_time.blur_probability
+        ),
+        (0.025, 5e-4, 0.5)
+    );
+    let n = presets::preset("sade.inat2018").unwrap();
+    assert_eq!(
+        (
+            n.backbone.arch.as_str(),
+            n.dataset.num_classes,
+            n.optim.batch_size,
+            n.optim.lr
+        ),
+        ("resnet50", 8142, 512, 0.2)
+    );
+    assert_eq!(
+        n.optim.schedule,
+        LrSchedule::Steps {
+            milestones: vec![60, 80],
+            gamma: 0.1
+        }
+    );
+    assert_eq!(
+        (
+            n.loss.tau,
+            n.test_time.lr,
+            n.test_time.weight_decay,
+            n.test_time.entropy_weight
+        ),
+        (1.0, 0.2, 2e-4, 0.01)
+    );
+    let p = presets::preset("sade.places-lt").unwrap();
+    assert_eq!(
+        (
+            p.backbone.arch.as_str(),
+            p.backbone.reduce_dimension,
+            p.dataset.num_classes
+        ),
+        ("resnet152", false, 365)
+    );
+    assert!(p.backbone.pretrained.is_some());
+    assert_eq!(
+        (
+            p.optim.epochs,
+            p.optim.lr,
+            p.optim.backbone_lr,
+            p.optim.weight_decay
+        ),
+        (30, 0.01, Some(0.001), 4e-4)
+    );
+    assert_eq!(
+        p.optim.schedule,
+        LrSchedule::Steps {
+            milestones: vec![10, 20],
+            gamma: 0.1
+        }
+    );
+    assert_eq!(
+        (p.loss.tau, p.test_time.lr, p.test_time.weight_decay),
+        (1.0, 0.01, 4e-4)
+    );
+    let ten = presets::preset("sade.cifar10-lt").unwrap();
+    assert_eq!(
+        (
+            ten.backbone.reduce_dimension,
+            ten.optim.lr,
+            ten.dataset.num_classes
+        ),
+        (false, 0.05, 10)
+    );
+    let f = presets::preset("sade.fmnist-lt").unwrap();
+    assert_eq!(
+        (
+            f.backbone.blocks_per_stage,
+            f.backbone.in_channels,
+            f.optim.epochs,
+            f.optim.warmup_epochs
+        ),
+        (Some(1), 1, 12, 1)
+    );
+}
