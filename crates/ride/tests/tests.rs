@@ -595,3 +595,49 @@ fn presets_hold_official_values() {
         }
     );
 }
+
+/// The loss also runs in f64; it then matches the official code evaluated in float64 on the
+/// same inputs (`*_f64ref`, constants kept at their float32 values) much more tightly.
+#[test]
+fn ride_loss_in_f64_matches_official_f64_reference() {
+    let fx = load_fixture("ride_loss_c10.safetensors");
+    let counts = cifar_lt_counts("cifar10_lt", "if100");
+    let z = fx["expert_logits"].to_dtype(DType::F64).unwrap();
+    let logits = Var::from_tensor(&z.transpose(0, 1).unwrap().contiguous().unwrap()).unwrap();
+    let mut loss = RideLoss::new(&cifar_config(), &counts, &Device::Cpu).unwrap();
+    for epoch in [1usize, 170] {
+        loss.begin_epoch(epoch);
+        let value = loss.forward(logits.as_tensor(), &fx["targets"]).unwrap();
+        assert_eq!(value.dtype(), DType::F64);
+        let got = value.to_scalar::<f64>().unwrap();
+        let want = fx[&format!("loss_epoch{epoch}_f64ref")]
+            .to_scalar::<f64>()
+            .unwrap();
+        let loss_diff = (got - want).abs();
+        let grads = value.backward().unwrap();
+        let grad = grads.get(logits.as_tensor()).unwrap();
+        let got = grad
+            .transpose(0, 1)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
+        let want = fx[&format!("grad_epoch{epoch}_f64ref")]
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
+        let max = got
+            .iter()
+            .zip(&want)
+            .map(|(g, w)| (g - w).abs())
+            .fold(0.0, f64::max);
+        eprintln!("f64 epoch {epoch}: |loss diff| {loss_diff:e}, max |grad diff| {max:e}");
+        assert!(
+            loss_diff < 2e-6,
+            "epoch {epoch}: loss differs from the f64 reference by {loss_diff}"
+        );
+        assert!(max < 1e-8, "epoch {epoch}: gradient differs by {max}");
+    }
+}

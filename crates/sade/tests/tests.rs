@@ -474,3 +474,45 @@ fn presets_hold_official_values() {
         (Some(1), 1, 12, 1)
     );
 }
+
+/// The loss also runs in f64; it then matches the official code evaluated in float64 on the
+/// same inputs (`*_f64ref`, constants kept at their float32 values).
+#[test]
+fn sade_loss_in_f64_matches_official_f64_reference() {
+    let fx = load_fixture("sade_loss_c10.safetensors");
+    let loss = SadeLoss::new(&fixture_counts(&fx), 2.0, &Device::Cpu).unwrap();
+    let z = fx["expert_logits"].to_dtype(DType::F64).unwrap();
+    let logits = Var::from_tensor(&z.transpose(0, 1).unwrap().contiguous().unwrap()).unwrap();
+    let value = loss.forward(logits.as_tensor(), &fx["targets"]).unwrap();
+    let got = value.to_scalar::<f64>().unwrap();
+    let want = fx["loss_epoch1_f64ref"].to_scalar::<f64>().unwrap();
+    let grad = value
+        .backward()
+        .unwrap()
+        .get(logits.as_tensor())
+        .unwrap()
+        .clone();
+    let g = grad
+        .transpose(0, 1)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
+    let w = fx["grad_epoch1_f64ref"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
+    let max = g
+        .iter()
+        .zip(&w)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    eprintln!(
+        "f64: |loss diff| {:e}, max |grad diff| {max:e}",
+        (got - want).abs()
+    );
+    assert!((got - want).abs() < 2e-6, "{got} vs f64 reference {want}");
+    assert!(max < 1e-8, "gradient differs by {max}");
+}
