@@ -3,6 +3,9 @@
 use clap::{Parser, Subcommand};
 
 pub mod data;
+pub mod eval;
+pub mod presets;
+pub mod train;
 
 /// Train and evaluate long-tailed multi-expert classifiers (RIDE, SADE, TLC).
 #[derive(Parser, Debug)]
@@ -17,11 +20,20 @@ pub struct Cli {
 pub enum Command {
     /// Show a data set's long-tail statistics (the bundled Fashion-MNIST-LT by default).
     Data(data::Args),
+    /// Train a model (RIDE on the bundled Fashion-MNIST-LT by default).
+    Train(train::Args),
+    /// Evaluate a checkpoint: overall, many/medium/few, each expert, each class.
+    Eval(eval::Args),
+    /// List the named presets, or print one as TOML.
+    Presets(presets::Args),
 }
 
 /// Run the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Data(args) => data::run(args),
+        Command::Train(args) => train::run(args),
+        Command::Eval(args) => eval::run(args),
+        Command::Presets(args) => presets::run(args),
     }
 }

@@ -17,9 +17,8 @@ pub mod trainer;
 
 pub use error::TrainError;
 pub use eval::{evaluate, Evaluation};
+pub use longtail_backbone::trainable_vars;
 pub use objective::{CrossEntropy, Objective};
 pub use schedule::LrSchedule;
 pub use sgd::{Sgd, SgdConfig};
-pub use trainer::{
-    fit, trainable_vars, EpochRecord, FitSummary, Progress, RunOptions, TrainConfig, TrainData,
-};
+pub use trainer::{fit, EpochRecord, FitSummary, Progress, RunOptions, TrainConfig, TrainData};

@@ -49,7 +49,7 @@ impl LrSchedule {
                 }
             }
             LrSchedule::Cosine { min_lr, warmup } => {
-                if !(min_lr >= 0.0) || warmup > epochs {
+                if min_lr.is_nan() || min_lr < 0.0 || warmup > epochs {
                     return Err(TrainError::Config(format!(
                         "cosine needs min_lr >= 0 and warmup <= epochs (got {min_lr}, {warmup})"
                     )));

@@ -48,7 +48,10 @@ pub struct Sgd {
 impl Sgd {
     /// An optimizer over the named trainable parameters.
     pub fn new(params: Vec<(String, Var)>, cfg: SgdConfig) -> Result<Self, TrainError> {
-        if !(cfg.momentum >= 0.0 && cfg.momentum < 1.0) || !(cfg.weight_decay >= 0.0) {
+        if !(0.0..1.0).contains(&cfg.momentum)
+            || cfg.weight_decay.is_nan()
+            || cfg.weight_decay < 0.0
+        {
             return Err(TrainError::Config(format!(
                 "sgd needs 0 <= momentum < 1 and weight_decay >= 0 (got {} and {})",
                 cfg.momentum, cfg.weight_decay

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 use longtail_backbone::MultiExpert;
 use longtail_data::{Batcher, Dataset, SamplerKind, Shot, Transform};
@@ -16,6 +16,7 @@ use serde::Serialize;
 use crate::checkpoint::{self, Checkpoint};
 use crate::eval::{evaluate, Evaluation};
 use crate::{LrSchedule, Objective, Sgd, SgdConfig, TrainError};
+use longtail_backbone::trainable_vars;
 
 /// File name of the checkpoint written after every epoch.
 pub const LAST: &str = "last.safetensors";
@@ -150,22 +151,6 @@ pub struct FitSummary {
     pub test: Evaluation,
     /// The epoch the run resumed after (0 for a fresh run).
     pub resumed_from: usize,
-}
-
-/// The trainable parameters of a `VarMap` (all but BN running statistics), sorted by name.
-pub fn trainable_vars(varmap: &VarMap) -> Vec<(String, Var)> {
-    let data = varmap.data().lock().expect("varmap lock poisoned");
-    let mut v: Vec<(String, Var)> = data
-        .iter()
-        .filter(|(k, _)| {
-            !k.ends_with("running_mean")
-                && !k.ends_with("running_var")
-                && !k.ends_with("num_batches_tracked")
-        })
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
 }
 
 /// Trains `model` (whose weights live in `varmap`) with `objective`, writing a checkpoint after

@@ -1,0 +1,29 @@
+# Recipes for longtail. Every recipe also works without `just` as a cargo alias
+# (.cargo/config.toml): `cargo train-ride`, `cargo train-ce`, …
+
+# Train RIDE-3 on the bundled Fashion-MNIST-LT set, then the CE baseline of the same recipe, and compare.
+train-ride *ARGS:
+    cargo run --release -- train --method ride --compare-ce {{ARGS}}
+
+# Train the CE baseline on the bundled set.
+train-ce *ARGS:
+    cargo run --release -- train --method ce {{ARGS}}
+
+# Show the bundled data set's long-tail statistics.
+data *ARGS:
+    cargo run --release -- data {{ARGS}}
+
+# List the presets.
+presets:
+    cargo run --release -- presets
+
+# The test suite (what CI runs).
+test:
+    cargo test --workspace
+
+# Benchmarks.
+bench-data:
+    cargo bench -p longtail-data
+
+bench-kernels:
+    cargo bench -p longtail-kernels

@@ -1,0 +1,21 @@
+//! `longtail presets`: every named recipe.
+
+/// Arguments of `longtail presets`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Print this preset's full config as TOML.
+    pub name: Option<String>,
+}
+
+/// Run `longtail presets`.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    match args.name {
+        Some(n) => print!("{}", longtail::config::preset(&n)?.to_toml()?),
+        None => {
+            for p in longtail::config::presets() {
+                println!("{:<20} {}", p.name, p.summary);
+            }
+        }
+    }
+    Ok(())
+}
