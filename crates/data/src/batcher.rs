@@ -1,0 +1,234 @@
+//! Batches of normalised tensors, augmented in parallel ahead of the consumer.
+
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use candle_core::{Device, Tensor};
+use rayon::prelude::*;
+
+use crate::dataset::Dataset;
+use crate::error::{DataError, Result};
+use crate::sampler::{epoch_order, SamplerKind};
+use crate::transform::{sample_seed, Prepared, Transform};
+
+/// One batch.
+#[derive(Clone, Debug)]
+pub struct Batch {
+    /// `[B, C, H, W]` f32, transformed and normalised.
+    pub images: Tensor,
+    /// `[B]` u32 labels.
+    pub labels: Tensor,
+    /// The data-set index of each row.
+    pub indices: Vec<usize>,
+}
+
+/// Everything that fixes an epoch's batches.
+#[derive(Clone, Debug)]
+pub struct BatcherConfig {
+    /// The sample order.
+    pub sampler: SamplerKind,
+    /// Train or eval transform.
+    pub transform: Transform,
+    /// Images per batch; the last batch may be smaller (`drop_last` false).
+    pub batch_size: usize,
+    /// Run seed.
+    pub seed: u64,
+    /// Epoch number (0-based or 1-based, as the caller likes; only its value matters).
+    pub epoch: u64,
+    /// How many finished batches may wait for the consumer (at least 1).
+    pub prefetch: usize,
+}
+
+/// An iterator over one epoch's batches.
+///
+/// A producer thread builds the batches in order, each with its images transformed in parallel
+/// (rayon), and keeps up to `prefetch` of them ready in a bounded channel. Sample `k` of the
+/// epoch is transformed with the random stream [`sample_seed`]`(seed, epoch, k)`, so the batches
+/// are identical whatever the number of threads; the order comes from
+/// [`epoch_order`]`(sampler, …, seed, epoch)` alone.
+pub struct Batcher {
+    rx: Option<Receiver<Result<Batch>>>,
+    handle: Option<JoinHandle<()>>,
+    received: usize,
+    total: usize,
+    failed: bool,
+    order: Arc<Vec<usize>>,
+}
+
+impl std::fmt::Debug for Batcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batcher")
+            .field("received", &self.received)
+            .field("total", &self.total)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Batcher {
+    /// Starts an epoch with the default prefetch of 2 batches, on rayon's global pool.
+    pub fn new(
+        data: Arc<Dataset>,
+        sampler: SamplerKind,
+        transform: Transform,
+        batch_size: usize,
+        seed: u64,
+        epoch: u64,
+        device: &Device,
+    ) -> Result<Batcher> {
+        let cfg = BatcherConfig {
+            sampler,
+            transform,
+            batch_size,
+            seed,
+            epoch,
+            prefetch: 2,
+        };
+        Batcher::with_config(data, cfg, device, None)
+    }
+
+    /// Starts an epoch; `pool` (if given) runs the per-image work instead of rayon's global pool.
+    pub fn with_config(
+        data: Arc<Dataset>,
+        cfg: BatcherConfig,
+        device: &Device,
+        pool: Option<Arc<rayon::ThreadPool>>,
+    ) -> Result<Batcher> {
+        if cfg.batch_size == 0 {
+            return Err(DataError::BadParameter {
+                name: "batch size",
+                value: "0".into(),
+                reason: "it must be positive".into(),
+            });
+        }
+        if data.is_empty() {
+            return Err(DataError::Empty {
+                what: "the data set to batch".into(),
+            });
+        }
+        let prepared = cfg
+            .transform
+            .prepare(data.height, data.width, data.channels)?;
+        let order = Arc::new(epoch_order(
+            cfg.sampler,
+            &data.labels,
+            data.num_classes,
+            cfg.seed,
+            cfg.epoch,
+        ));
+        let total = order.len().div_ceil(cfg.batch_size);
+        let (tx, rx) = sync_channel(cfg.prefetch.max(1));
+        let device = device.clone();
+        let thread_order = Arc::clone(&order);
+        let handle = std::thread::Builder::new()
+            .name("longtail-batcher".into())
+            .spawn(move || {
+                for (b, chunk) in thread_order.chunks(cfg.batch_size).enumerate() {
+                    let first = (b * cfg.batch_size) as u64;
+                    let work =
+                        || make_batch(&data, &prepared, chunk, first, cfg.seed, cfg.epoch, &device);
+                    let batch = match &pool {
+                        Some(p) => p.install(work),
+                        None => work(),
+                    };
+                    let stop = batch.is_err();
+                    if tx.send(batch).is_err() || stop {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| DataError::io("longtail-batcher thread", e))?;
+        Ok(Batcher {
+            rx: Some(rx),
+            handle: Some(handle),
+            received: 0,
+            total,
+            failed: false,
+            order,
+        })
+    }
+
+    /// Batches in the epoch (`ceil(samples / batch_size)`).
+    pub fn num_batches(&self) -> usize {
+        self.total
+    }
+
+    /// The epoch's sample order (data-set indices).
+    pub fn order(&self) -> &[usize] {
+        &self.order
+    }
+}
+
+/// Transforms the images `chunk` (epoch positions `first..`) into one batch.
+fn make_batch(
+    data: &Dataset,
+    prepared: &Prepared,
+    chunk: &[usize],
+    first: u64,
+    seed: u64,
+    epoch: u64,
+    device: &Device,
+) -> Result<Batch> {
+    let per = prepared.out_len();
+    let mut buf = vec![0f32; chunk.len() * per];
+    buf.par_chunks_mut(per)
+        .zip(chunk.par_iter())
+        .enumerate()
+        .for_each(|(k, (out, &i))| {
+            prepared.apply(
+                data.image(i),
+                sample_seed(seed, epoch, first + k as u64),
+                out,
+            );
+        });
+    let (c, h, w) = prepared.out_shape();
+    let images = Tensor::from_vec(buf, (chunk.len(), c, h, w), device)?;
+    let labels: Vec<u32> = chunk.iter().map(|&i| data.labels[i]).collect();
+    let labels = Tensor::from_vec(labels, chunk.len(), device)?;
+    Ok(Batch {
+        images,
+        labels,
+        indices: chunk.to_vec(),
+    })
+}
+
+impl Iterator for Batcher {
+    type Item = Result<Batch>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed || self.received == self.total {
+            return None;
+        }
+        match self.rx.as_ref()?.recv() {
+            Ok(item) => {
+                self.received += 1;
+                if item.is_err() {
+                    self.failed = true;
+                }
+                Some(item)
+            }
+            Err(_) => {
+                self.failed = true;
+                Some(Err(DataError::ProducerStopped {
+                    done: self.received,
+                    total: self.total,
+                }))
+            }
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = self.total - self.received;
+        (0, Some(left))
+    }
+}
+
+impl Drop for Batcher {
+    fn drop(&mut self) {
+        // Closing the channel makes the producer stop at its next send.
+        drop(self.rx.take());
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}

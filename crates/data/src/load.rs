@@ -1,0 +1,277 @@
+//! Named data sets and [`load_splits`]: from a name and a directory to train / val / test.
+
+use std::path::{Path, PathBuf};
+
+use crate::bundled;
+use crate::dataset::Dataset;
+use crate::error::{DataError, Result};
+use crate::profile::{check_imbalance, exponential_counts, ldam_subset};
+use crate::readers::cifar::{load_cifar, CifarKind};
+use crate::readers::idx::{load_idx_dir, DEBIAN_FASHION_MNIST_DIR, FASHION_MNIST_CLASSES};
+use crate::readers::image_list::ImageList;
+use crate::transform::Normalize;
+
+/// The data sets [`load_splits`] knows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum DatasetName {
+    /// The bundled Fashion-MNIST-LT (IF 100, 28×28×1, 10 classes); needs no files. The default.
+    #[default]
+    FmnistLt,
+    /// CIFAR-10-LT from the CIFAR-10 binary files, LDAM-DRW subset.
+    Cifar10Lt,
+    /// CIFAR-100-LT from the CIFAR-100 binary files, LDAM-DRW subset.
+    Cifar100Lt,
+    /// Fashion-MNIST from an IDX directory (default: the Debian package's), LDAM-DRW subset.
+    Fmnist,
+    /// Image lists (`path label` per line) under a root directory.
+    ImageList,
+}
+
+impl DatasetName {
+    /// All names, in `--help` order.
+    pub const ALL: [DatasetName; 5] = [
+        DatasetName::FmnistLt,
+        DatasetName::Cifar10Lt,
+        DatasetName::Cifar100Lt,
+        DatasetName::Fmnist,
+        DatasetName::ImageList,
+    ];
+
+    /// The command-line name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DatasetName::FmnistLt => "fmnist-lt",
+            DatasetName::Cifar10Lt => "cifar10-lt",
+            DatasetName::Cifar100Lt => "cifar100-lt",
+            DatasetName::Fmnist => "fmnist",
+            DatasetName::ImageList => "image-list",
+        }
+    }
+
+    /// The normalisation RIDE / SADE use for this data set: CIFAR-10 statistics for both CIFAR-LT
+    /// sets (spec ride.md §6), Fashion-MNIST statistics for the Fashion-MNIST sets, ImageNet
+    /// statistics for image lists.
+    pub fn normalize(self) -> Normalize {
+        match self {
+            DatasetName::FmnistLt | DatasetName::Fmnist => Normalize::fashion_mnist(),
+            DatasetName::Cifar10Lt | DatasetName::Cifar100Lt => Normalize::cifar(),
+            DatasetName::ImageList => Normalize::imagenet(),
+        }
+    }
+}
+
+impl std::fmt::Display for DatasetName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for DatasetName {
+    type Err = DataError;
+    fn from_str(s: &str) -> Result<Self> {
+        DatasetName::ALL
+            .into_iter()
+            .find(|d| d.as_str() == s)
+            .ok_or_else(|| DataError::UnknownDataset { name: s.into() })
+    }
+}
+
+impl Normalize {
+    /// The default normalisation of a data set (see [`DatasetName::normalize`]).
+    pub fn for_dataset(name: DatasetName) -> Normalize {
+        name.normalize()
+    }
+}
+
+/// What to load.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DataSpec {
+    /// Which data set.
+    pub name: DatasetName,
+    /// Its directory (unused by `fmnist-lt`; `fmnist` defaults to the Debian package's).
+    pub data_dir: Option<PathBuf>,
+    /// Imbalance factor `max/min` of the training subset (≥ 1; 1 keeps every image). `fmnist-lt`
+    /// is fixed at 100; `image-list` ignores it (the lists are already long-tailed).
+    pub imbalance: f64,
+    /// Carve this fraction of each class out of the training set as a validation set.
+    pub val_fraction: Option<f64>,
+    /// Seed of the validation split. The long-tailed subset itself always uses numpy seed 0, the
+    /// LDAM-DRW subset everyone reports on.
+    pub seed: u64,
+}
+
+impl Default for DataSpec {
+    fn default() -> Self {
+        DataSpec {
+            name: DatasetName::FmnistLt,
+            data_dir: None,
+            imbalance: bundled::IMBALANCE,
+            val_fraction: None,
+            seed: 0,
+        }
+    }
+}
+
+/// Train, optional validation, and test sets.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Splits {
+    /// Training set.
+    pub train: Dataset,
+    /// Validation set carved from the training set when asked (model selection happens here, never on test).
+    pub val: Option<Dataset>,
+    /// Test set.
+    pub test: Dataset,
+}
+
+/// The LDAM-DRW long-tailed subset of a full training set: `n_max = len / C` (as
+/// `IMBALANCECIFAR10`), the exponential profile with `imbalance`, numpy seed 0.
+pub fn ldam_long_tail(train: &Dataset, imbalance: f64) -> Result<Dataset> {
+    let n_max = train.len() as f64 / train.num_classes as f64;
+    let counts = exponential_counts(n_max, train.num_classes, imbalance)?;
+    Ok(train.subset(&ldam_subset(&train.labels, &counts, 0)))
+}
+
+fn need_dir<'a>(spec: &'a DataSpec, hint: &str) -> Result<&'a Path> {
+    spec.data_dir
+        .as_deref()
+        .ok_or_else(|| DataError::NoDataDir {
+            dataset: spec.name.to_string(),
+            hint: hint.into(),
+        })
+}
+
+/// Finds `train.txt` / `*_train.txt`-style list files for image-list data sets.
+fn find_list(dir: &Path, split: &str) -> Result<Option<PathBuf>> {
+    let plain = dir.join(format!("{split}.txt"));
+    if plain.is_file() {
+        return Ok(Some(plain));
+    }
+    let suffix = format!("_{split}.txt");
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| DataError::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_file()
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.ends_with(&suffix))
+        })
+        .collect();
+    found.sort();
+    match found.len() {
+        0 => Ok(None),
+        1 => Ok(found.pop()),
+        _ => Err(DataError::BadFormat {
+            path: dir.to_path_buf(),
+            reason: format!("several *{suffix} lists: {found:?}"),
+        }),
+    }
+}
+
+fn load_image_lists(dir: &Path) -> Result<(Dataset, Option<Dataset>, Dataset)> {
+    crate::readers::check_dir(dir)?;
+    let hint = "an image-list directory needs train.txt (or NAME_train.txt) and test.txt or val.txt, lines `relative/path label`";
+    let train_list = find_list(dir, "train")?.ok_or_else(|| DataError::MissingFile {
+        path: dir.join("train.txt"),
+        hint: hint.into(),
+    })?;
+    let val_list = find_list(dir, "val")?;
+    let (test_list, val_list) = match (find_list(dir, "test")?, val_list) {
+        (Some(t), v) => (t, v),
+        // iNaturalist: the val list doubles as the test set.
+        (None, Some(v)) => (v, None),
+        (None, None) => {
+            return Err(DataError::MissingFile {
+                path: dir.join("test.txt"),
+                hint: hint.into(),
+            })
+        }
+    };
+    let train = ImageList::read(&train_list, dir)?;
+    let test = ImageList::read(&test_list, dir)?;
+    let val = val_list.map(|v| ImageList::read(&v, dir)).transpose()?;
+    let lists: Vec<&ImageList> = [Some(&train), Some(&test), val.as_ref()]
+        .into_iter()
+        .flatten()
+        .collect();
+    let classes = lists.iter().map(|l| l.num_classes()).max().unwrap_or(0);
+    // One size for every split: the images' own if they all agree, else 256 × 256 centre crops.
+    let mut common = None;
+    let mut side = None;
+    for l in &lists {
+        match (l.common_size()?, common) {
+            (Some(s), None) => common = Some(s),
+            (Some(s), Some(c)) if s == c => {}
+            _ => side = Some(256),
+        }
+    }
+    let decode = |l: &ImageList| l.decode(side, classes, vec![]);
+    Ok((
+        decode(&train)?,
+        val.as_ref().map(decode).transpose()?,
+        decode(&test)?,
+    ))
+}
+
+/// Loads a named data set's splits.
+///
+/// The training set is the long-tailed subset (LDAM-DRW procedure, numpy seed 0); the test set
+/// is the full balanced test split. With `val_fraction`, a stratified validation set is carved
+/// from the training set ([`Dataset::split_validation`]); an image-list directory's own val list
+/// is used when present and no fraction is given. Fails when a class of the training set is
+/// empty.
+pub fn load_splits(spec: &DataSpec) -> Result<Splits> {
+    check_imbalance(spec.imbalance)?;
+    let (train, list_val, test) = match spec.name {
+        DatasetName::FmnistLt => {
+            if (spec.imbalance - bundled::IMBALANCE).abs() > 1e-9 {
+                return Err(DataError::BadParameter {
+                    name: "imbalance factor for fmnist-lt",
+                    value: spec.imbalance.to_string(),
+                    reason: "the bundled set is fixed at 100; use --dataset fmnist (the IDX files) for other factors"
+                        .into(),
+                });
+            }
+            let (train, test) = bundled::load()?;
+            (train, None, test)
+        }
+        DatasetName::Cifar10Lt | DatasetName::Cifar100Lt => {
+            let kind = if spec.name == DatasetName::Cifar10Lt {
+                CifarKind::Cifar10
+            } else {
+                CifarKind::Cifar100
+            };
+            let dir = need_dir(spec, "the CIFAR binary files (data_batch_1..5.bin and test_batch.bin, or train.bin and test.bin)")?;
+            let (train, test) = load_cifar(dir, kind)?;
+            (ldam_long_tail(&train, spec.imbalance)?, None, test)
+        }
+        DatasetName::Fmnist => {
+            let dir = spec
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(DEBIAN_FASHION_MNIST_DIR));
+            let names = FASHION_MNIST_CLASSES
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            let (train, test) = load_idx_dir(&dir, 10, names)?;
+            (ldam_long_tail(&train, spec.imbalance)?, None, test)
+        }
+        DatasetName::ImageList => {
+            let dir = need_dir(
+                spec,
+                "the image root holding train.txt and test.txt (lines `relative/path label`)",
+            )?;
+            load_image_lists(dir)?
+        }
+    };
+    train.check_no_empty_class(&format!("{} training set", spec.name))?;
+    let (train, val) = match spec.val_fraction {
+        Some(f) => {
+            let (t, v) = train.split_validation(f, spec.seed)?;
+            (t, Some(v))
+        }
+        None => (train, list_val),
+    };
+    Ok(Splits { train, val, test })
+}

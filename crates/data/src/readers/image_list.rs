@@ -1,0 +1,165 @@
+//! Image-list files in the ImageNet-LT / Places-LT / iNaturalist format: one `relative/path label`
+//! per line, paths relative to a root directory (RIDE `LT_Dataset`, spec ride.md §6).
+//!
+//! Reading the list decodes nothing; [`ImageList::decode`] decodes the images with the `image`
+//! crate in parallel (rayon) when they are needed.
+
+use std::path::{Path, PathBuf};
+
+use image::imageops::FilterType;
+use image::RgbImage;
+use rayon::prelude::*;
+
+use super::read_file;
+use crate::dataset::Dataset;
+use crate::error::{DataError, Result};
+
+/// A parsed image list: paths and labels, no pixels yet.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ImageList {
+    /// The list file (for error messages).
+    pub list_path: PathBuf,
+    /// The directory the paths are relative to.
+    pub root: PathBuf,
+    /// `(relative path, label)` in file order.
+    pub entries: Vec<(PathBuf, u32)>,
+}
+
+impl ImageList {
+    /// Parses `list_path`; paths in it are taken relative to `root`.
+    ///
+    /// Blank lines are skipped. The label is the last whitespace-separated field, so paths may
+    /// contain spaces.
+    pub fn read(list_path: &Path, root: &Path) -> Result<ImageList> {
+        let bytes = read_file(list_path)?;
+        let text = String::from_utf8(bytes).map_err(|e| DataError::BadFormat {
+            path: list_path.to_path_buf(),
+            reason: format!("not UTF-8: {e}"),
+        })?;
+        let mut entries = Vec::new();
+        for (k, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() {
+                continue;
+            }
+            let bad = |reason: String| DataError::ListLine {
+                path: list_path.to_path_buf(),
+                line: k + 1,
+                reason,
+            };
+            let (path, label) = line
+                .rsplit_once(char::is_whitespace)
+                .ok_or_else(|| bad(format!("expected `path label`, found `{line}`")))?;
+            let label: u32 = label
+                .parse()
+                .map_err(|_| bad(format!("label `{label}` is not a non-negative integer")))?;
+            entries.push((PathBuf::from(path.trim_end()), label));
+        }
+        if entries.is_empty() {
+            return Err(DataError::Empty {
+                what: list_path.display().to_string(),
+            });
+        }
+        Ok(ImageList {
+            list_path: list_path.to_path_buf(),
+            root: root.to_path_buf(),
+            entries,
+        })
+    }
+
+    /// One more than the largest label.
+    pub fn num_classes(&self) -> usize {
+        self.entries
+            .iter()
+            .map(|e| e.1 as usize + 1)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Whether every image has the same width and height (reads only the headers, in parallel).
+    pub fn common_size(&self) -> Result<Option<(u32, u32)>> {
+        let sizes: Vec<(u32, u32)> = self
+            .entries
+            .par_iter()
+            .map(|(p, _)| {
+                let path = self.root.join(p);
+                image::image_dimensions(&path).map_err(|source| DataError::Decode { path, source })
+            })
+            .collect::<Result<_>>()?;
+        Ok(match sizes.first() {
+            Some(&first) if sizes.iter().all(|&s| s == first) => Some(first),
+            _ => None,
+        })
+    }
+
+    /// Decodes every image to RGB in parallel.
+    ///
+    /// `side = None` keeps the images' own size, which must then be the same for all
+    /// ([`DataError::MixedSizes`] otherwise). `side = Some(s)` resizes the shorter side to `s`
+    /// (bilinear, `image`'s Triangle filter) and takes the centre `s × s` crop, as torchvision's
+    /// `Resize(s)` + `CenterCrop(s)`. Labels must be `< num_classes`.
+    pub fn decode(
+        &self,
+        side: Option<u32>,
+        num_classes: usize,
+        class_names: Vec<String>,
+    ) -> Result<Dataset> {
+        let decoded: Vec<RgbImage> = self
+            .entries
+            .par_iter()
+            .map(|(p, _)| {
+                let path = self.root.join(p);
+                let img = image::open(&path)
+                    .map_err(|source| DataError::Decode { path, source })?
+                    .to_rgb8();
+                Ok(match side {
+                    Some(s) => resize_center(&img, s),
+                    None => img,
+                })
+            })
+            .collect::<Result<_>>()?;
+        let (w, h) = decoded[0].dimensions();
+        let mut images = Vec::with_capacity(decoded.len() * (w * h * 3) as usize);
+        for (img, (p, _)) in decoded.iter().zip(&self.entries) {
+            let (gw, gh) = img.dimensions();
+            if (gw, gh) != (w, h) {
+                return Err(DataError::MixedSizes {
+                    path: self.root.join(p),
+                    got_w: gw,
+                    got_h: gh,
+                    want_w: w,
+                    want_h: h,
+                });
+            }
+            images.extend_from_slice(img.as_raw());
+        }
+        let labels = self.entries.iter().map(|e| e.1).collect();
+        Dataset::new(
+            &self.list_path.display().to_string(),
+            images,
+            labels,
+            (h as usize, w as usize, 3),
+            num_classes,
+            class_names,
+            vec![],
+        )
+    }
+}
+
+/// Shorter side to `s`, then the centre `s × s` crop.
+fn resize_center(img: &RgbImage, s: u32) -> RgbImage {
+    let (w, h) = img.dimensions();
+    let (nw, nh) = if w <= h {
+        (
+            s,
+            ((h as u64 * s as u64 + w as u64 / 2) / w as u64).max(s as u64) as u32,
+        )
+    } else {
+        (
+            ((w as u64 * s as u64 + h as u64 / 2) / h as u64).max(s as u64) as u32,
+            s,
+        )
+    };
+    let r = image::imageops::resize(img, nw, nh, FilterType::Triangle);
+    image::imageops::crop_imm(&r, (nw - s) / 2, (nh - s) / 2, s, s).to_image()
+}
