@@ -1,10 +1,96 @@
-//! `longtail data`: being written (owned by the data-crate engineer).
+//! `longtail data`: a data set's long-tail statistics as a table, and optionally the original
+//! indices of the kept training images (to compare our subset with another codebase's).
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use longtail_data::{load_splits, DataSpec, DatasetName, ShotRule, Stats};
 
 /// Arguments of `longtail data`.
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+pub struct Args {
+    /// Data set: fmnist-lt (bundled), cifar10-lt, cifar100-lt, fmnist or image-list.
+    #[arg(long, default_value = "fmnist-lt", value_parser = parse_dataset)]
+    pub dataset: DatasetName,
+    /// Directory of the data set's files (not needed for fmnist-lt; fmnist defaults to
+    /// /usr/share/datasets/fashion-mnist).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Imbalance factor max/min of the long-tailed training subset (fmnist-lt is fixed at 100).
+    #[arg(long = "imbalance", value_name = "IF", default_value_t = 100.0)]
+    pub imbalance: f64,
+    /// Carve this fraction of each class out of the training set as a validation set.
+    #[arg(long, value_name = "FRACTION")]
+    pub val_fraction: Option<f64>,
+    /// Seed of the validation split.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Shot-group rule: ride (many >100, few <20) or oltr (many >=100, few <=20).
+    #[arg(long, default_value = "ride", value_parser = parse_rule)]
+    pub rule: ShotRule,
+    /// Write the original file index of each kept training image to FILE, one per line.
+    #[arg(long, value_name = "FILE")]
+    pub list_indices: Option<PathBuf>,
+}
+
+fn parse_dataset(s: &str) -> Result<DatasetName, String> {
+    s.parse()
+        .map_err(|e: longtail_data::DataError| e.to_string())
+}
+
+fn parse_rule(s: &str) -> Result<ShotRule, String> {
+    s.parse()
+}
+
+/// The data spec the arguments ask for.
+pub fn spec(args: &Args) -> DataSpec {
+    DataSpec {
+        name: args.dataset,
+        data_dir: args.data_dir.clone(),
+        imbalance: args.imbalance,
+        val_fraction: args.val_fraction,
+        seed: args.seed,
+    }
+}
 
 /// Run `longtail data`.
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("`longtail data` is not built yet")
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let splits = load_splits(&spec(&args)).with_context(|| format!("loading {}", args.dataset))?;
+    let train = &splits.train;
+    let stats = Stats::from_counts(&train.class_counts(), args.rule);
+    let mut extra = Vec::new();
+    if let Some(val) = &splits.val {
+        extra.push(("val", val.class_counts()));
+    }
+    extra.push(("test", splits.test.class_counts()));
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "data set {}: {} training, {} validation, {} test images of {}x{}x{}, {} classes",
+        args.dataset,
+        train.len(),
+        splits.val.as_ref().map_or(0, |v| v.len()),
+        splits.test.len(),
+        train.height,
+        train.width,
+        train.channels,
+        train.num_classes
+    )?;
+    write!(out, "{}", stats.table(&train.class_names, &extra))?;
+    if let Some(path) = &args.list_indices {
+        let mut text = String::with_capacity(train.len() * 6);
+        for i in &train.source_indices {
+            text.push_str(&i.to_string());
+            text.push('\n');
+        }
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+        writeln!(
+            out,
+            "wrote {} training indices to {}",
+            train.len(),
+            path.display()
+        )?;
+    }
+    Ok(())
 }

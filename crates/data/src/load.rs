@@ -241,7 +241,13 @@ pub fn load_splits(spec: &DataSpec) -> Result<Splits> {
             } else {
                 CifarKind::Cifar100
             };
-            let dir = need_dir(spec, "the CIFAR binary files (data_batch_1..5.bin and test_batch.bin, or train.bin and test.bin)")?;
+            let hint = match kind {
+                CifarKind::Cifar10 => {
+                    "the CIFAR-10 binary files data_batch_1..5.bin and test_batch.bin"
+                }
+                CifarKind::Cifar100 => "the CIFAR-100 binary files train.bin and test.bin",
+            };
+            let dir = need_dir(spec, hint)?;
             let (train, test) = load_cifar(dir, kind)?;
             (ldam_long_tail(&train, spec.imbalance)?, None, test)
         }
