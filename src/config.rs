@@ -37,6 +37,31 @@ pub enum MethodConfig {
     Ce,
     /// RIDE (Wang et al., ICLR 2021): LDAM-DRW experts with the diversity loss.
     Ride(RideLossConfig),
+    /// SADE (Zhang et al., NeurIPS 2022): three skill-diverse experts, test-time aggregation.
+    Sade(SadeSettings),
+    /// TLC (Li et al., CVPR 2022): evidential experts with uncertainty fusion.
+    Tlc(TlcSettings),
+}
+
+/// SADE's loss and test-time aggregation settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SadeSettings {
+    /// τ of the backward expert (2 on CIFAR-100-LT and ImageNet-LT, 1 on iNat and Places-LT).
+    pub tau: f64,
+    /// Test-time self-supervised aggregation (sade.md §2).
+    pub test_time: longtail_sade::presets::TestTimeSpec,
+}
+
+/// TLC's loss, prediction combination and optional early exit.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlcSettings {
+    /// Loss settings, including the engagement rule and the prediction combination.
+    pub loss: longtail_tlc::TlcLossConfig,
+    /// Early exit at inference (stop calling experts once the fused uncertainty is low).
+    #[serde(default)]
+    pub early_exit: Option<longtail_tlc::EarlyExit>,
 }
 
 impl MethodConfig {
@@ -45,6 +70,8 @@ impl MethodConfig {
         match self {
             MethodConfig::Ce => "ce",
             MethodConfig::Ride(_) => "ride",
+            MethodConfig::Sade(_) => "sade",
+            MethodConfig::Tlc(_) => "tlc",
         }
     }
 }
@@ -64,7 +91,8 @@ pub struct DataConfig {
     /// Fraction of each training class held out for validation (model selection); none by default.
     #[serde(default)]
     pub val_fraction: Option<f64>,
-    /// Training augmentation: `standard` (RIDE's crop + flip + rotation) or `none`.
+    /// Training augmentation: `standard` (RIDE's pad-4 crop + flip + ±15° rotation),
+    /// `crop-flip` (LDAM-DRW / SADE / TLC: no rotation) or `none`.
     #[serde(default = "default_augment")]
     pub augment: String,
     /// Training sampler: `shuffled`, `class-balanced` or `square-root`.
@@ -137,12 +165,28 @@ impl RunConfig {
     pub fn check(&self) -> Result<()> {
         self.model.clone().check()?;
         self.train_config()?.check()?;
-        if let MethodConfig::Ride(r) = &self.method {
-            r.check()?;
+        match &self.method {
+            MethodConfig::Ce => {}
+            MethodConfig::Ride(r) => r.check()?,
+            MethodConfig::Sade(s) => {
+                if self.model.num_experts != 3 {
+                    bail!(
+                        "SADE has exactly 3 experts (got {})",
+                        self.model.num_experts
+                    );
+                }
+                if !(s.tau.is_finite() && s.tau >= 0.0) {
+                    bail!("SADE's tau must be finite and >= 0 (got {})", s.tau);
+                }
+            }
+            MethodConfig::Tlc(t) => t.loss.check()?,
         }
-        if !matches!(self.data.augment.as_str(), "standard" | "none") {
+        if !matches!(
+            self.data.augment.as_str(),
+            "standard" | "crop-flip" | "none"
+        ) {
             bail!(
-                "unknown augmentation `{}` (expected standard or none)",
+                "unknown augmentation `{}` (expected standard, crop-flip or none)",
                 self.data.augment
             );
         }
@@ -162,6 +206,18 @@ pub struct PresetInfo {
 pub fn presets() -> Vec<PresetInfo> {
     let mut v = vec![];
     for p in longtail_ride::presets::PRESETS {
+        v.push(PresetInfo {
+            name: p.name,
+            summary: p.summary,
+        });
+    }
+    for p in longtail_sade::presets::PRESETS {
+        v.push(PresetInfo {
+            name: p.name,
+            summary: p.summary,
+        });
+    }
+    for p in longtail_tlc::presets::PRESETS {
         v.push(PresetInfo {
             name: p.name,
             summary: p.summary,
@@ -197,8 +253,156 @@ pub fn preset(name: &str) -> Result<RunConfig> {
             }
             Ok(cfg)
         }
+        "sade" => {
+            let r = longtail_sade::presets::preset(name)
+                .map_err(|_| anyhow::anyhow!("unknown preset `{name}` (known: {})", known()))?;
+            let mut cfg = from_sade_recipe(&r)?;
+            cfg.preset = Some(name.to_string());
+            Ok(cfg)
+        }
+        "tlc" => {
+            // TLC's own names carry the imbalance and expert count (`tlc.cifar100-lt.if100.e3`):
+            // `tlc.<dataset>` picks the first preset of that data set.
+            let full = longtail_tlc::presets::PRESETS
+                .iter()
+                .find(|p| p.name == name || p.name.starts_with(&format!("{name}.")))
+                .ok_or_else(|| anyhow::anyhow!("unknown preset `{name}` (known: {})", known()))?;
+            let mut cfg = from_tlc_recipe(&(full.build)())?;
+            cfg.preset = Some(full.name.to_string());
+            Ok(cfg)
+        }
         _ => bail!("unknown preset `{name}` (known: {})", known()),
     }
+}
+
+fn arch(name: &str) -> Result<Arch> {
+    Ok(match name {
+        "resnet32" => Arch::Resnet32,
+        "resnet50" => Arch::Resnet50,
+        "resnext50" => Arch::Resnext50,
+        "resnet152" => Arch::Resnet152,
+        other => bail!("preset names an architecture this build does not have: `{other}`"),
+    })
+}
+
+fn data_config(dataset: &str, imbalance: Option<f64>, augment: &str) -> DataConfig {
+    DataConfig {
+        dataset: dataset.to_string(),
+        data_dir: None,
+        imbalance: imbalance.unwrap_or(100.0),
+        val_fraction: None,
+        augment: augment.into(),
+        sampler: default_sampler(),
+    }
+}
+
+fn from_sade_recipe(r: &longtail_sade::presets::Recipe) -> Result<RunConfig> {
+    use longtail_sade::presets::LrSchedule as S;
+    let b = &r.backbone;
+    let mut model = BackboneConfig::new(
+        arch(&b.arch)?,
+        Layout::SharedLayer1,
+        b.experts,
+        r.dataset.num_classes,
+    );
+    model.reduce_dimension = b.reduce_dimension;
+    model.blocks_per_stage = b.blocks_per_stage.map(Blocks::Uniform);
+    model.in_channels = b.in_channels;
+    model.scale = b.cosine_scale;
+    let o = &r.optim;
+    let schedule = match &o.schedule {
+        S::Steps { milestones, gamma } => {
+            let (step1, step2) = two_milestones(milestones)?;
+            LrSchedule::Steps {
+                warmup: o.warmup_epochs,
+                step1,
+                step2,
+                gamma: *gamma,
+            }
+        }
+        S::Cosine { eta_min, .. } => LrSchedule::Cosine {
+            warmup: o.warmup_epochs,
+            min_lr: *eta_min,
+        },
+    };
+    Ok(RunConfig {
+        preset: None,
+        seed: 0,
+        method: MethodConfig::Sade(SadeSettings {
+            tau: r.loss.tau,
+            test_time: r.test_time.clone(),
+        }),
+        data: data_config(&r.dataset.name, r.dataset.imbalance_ratio, "crop-flip"),
+        model,
+        optim: OptimConfig {
+            epochs: o.epochs,
+            batch_size: o.batch_size,
+            lr: o.lr,
+            sgd: SgdConfig {
+                momentum: o.momentum,
+                weight_decay: o.weight_decay,
+                nesterov: o.nesterov,
+            },
+            schedule,
+            accumulate: 1,
+        },
+    })
+}
+
+fn from_tlc_recipe(r: &longtail_tlc::presets::TlcRecipe) -> Result<RunConfig> {
+    let mut model = BackboneConfig::new(
+        arch(&r.backbone)?,
+        Layout::PerExpertLayer1,
+        r.experts,
+        r.num_classes,
+    );
+    if model.arch == Arch::Resnet32 {
+        model.blocks_per_stage = Some(Blocks::PerStage(r.stage_blocks.clone()));
+        model.widths = Some(r.stage_widths.clone());
+    } else {
+        model.layout = Layout::SharedLayer3;
+    }
+    model.in_channels = r.input_shape[0];
+    model.scale = r.logit_scale;
+    let augment = if r.rotation_degrees > 0.0 {
+        "standard"
+    } else {
+        "crop-flip"
+    };
+    Ok(RunConfig {
+        preset: None,
+        seed: 0,
+        method: MethodConfig::Tlc(TlcSettings {
+            loss: r.loss.clone(),
+            early_exit: r.early_exit,
+        }),
+        data: data_config(&r.dataset, r.imbalance_factor, augment),
+        model,
+        optim: OptimConfig {
+            epochs: r.epochs,
+            batch_size: r.batch_size,
+            lr: r.lr,
+            sgd: SgdConfig {
+                momentum: r.momentum,
+                weight_decay: r.weight_decay,
+                nesterov: r.nesterov,
+            },
+            schedule: LrSchedule::Piecewise {
+                warmup: r.warmup_epochs,
+                steps: r.lr_steps.clone(),
+            },
+            accumulate: 1,
+        },
+    })
+}
+
+fn two_milestones(milestones: &[usize]) -> Result<(usize, usize)> {
+    Ok(match milestones {
+        [a, b] => (*a, *b),
+        [a] => (*a, usize::MAX),
+        [] => (usize::MAX, usize::MAX),
+        _ => bail!("preset has more than two learning-rate milestones"),
+    })
 }
 
 fn from_ride_recipe(r: &longtail_ride::presets::Recipe) -> Result<RunConfig> {
@@ -206,6 +410,7 @@ fn from_ride_recipe(r: &longtail_ride::presets::Recipe) -> Result<RunConfig> {
         "resnet32" => Arch::Resnet32,
         "resnet50" => Arch::Resnet50,
         "resnext50" => Arch::Resnext50,
+        "resnet152" => Arch::Resnet152,
         other => bail!("preset names an unknown architecture `{other}`"),
     };
     let mut model = BackboneConfig::new(
@@ -220,24 +425,12 @@ fn from_ride_recipe(r: &longtail_ride::presets::Recipe) -> Result<RunConfig> {
     model.scale = r.backbone.cosine_scale;
     let o = &r.optim;
     let longtail_ride::presets::LrSchedule::Steps { milestones, gamma } = &o.schedule;
-    let (step1, step2) = match milestones.as_slice() {
-        [a, b] => (*a, *b),
-        [a] => (*a, usize::MAX),
-        [] => (usize::MAX, usize::MAX),
-        _ => bail!("preset has more than two learning-rate milestones"),
-    };
+    let (step1, step2) = two_milestones(milestones)?;
     Ok(RunConfig {
         preset: None,
         seed: 0,
         method: MethodConfig::Ride(r.loss.clone()),
-        data: DataConfig {
-            dataset: r.dataset.name.clone(),
-            data_dir: None,
-            imbalance: r.dataset.imbalance_ratio.unwrap_or(100.0),
-            val_fraction: None,
-            augment: default_augment(),
-            sampler: default_sampler(),
-        },
+        data: data_config(&r.dataset.name, r.dataset.imbalance_ratio, "standard"),
         model,
         optim: OptimConfig {
             epochs: o.epochs,

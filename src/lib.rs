@@ -14,4 +14,6 @@ pub use longtail_backbone as backbone;
 pub use longtail_data as data;
 pub use longtail_metrics as metrics;
 pub use longtail_ride as ride;
+pub use longtail_sade as sade;
+pub use longtail_tlc as tlc;
 pub use longtail_train as train;

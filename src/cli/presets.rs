@@ -13,7 +13,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Some(n) => print!("{}", longtail::config::preset(&n)?.to_toml()?),
         None => {
             for p in longtail::config::presets() {
-                println!("{:<20} {}", p.name, p.summary);
+                println!("{:<26} {}", p.name, p.summary);
             }
         }
     }

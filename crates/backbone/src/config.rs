@@ -17,6 +17,8 @@ pub enum Arch {
     Resnet50,
     /// ImageNet ResNeXt-50 32×4d (grouped 3×3 conv, 32 groups, 4 channels per group; ride.md §1.2).
     Resnext50,
+    /// ImageNet ResNet-152 (Bottleneck [3, 8, 36, 3]): SADE's Places-LT backbone (sade.md §4).
+    Resnet152,
 }
 
 impl Arch {
@@ -45,10 +47,10 @@ impl Arch {
 
     /// Blocks per stage of the full-size network.
     pub fn default_blocks(self) -> Vec<usize> {
-        if self.is_cifar() {
-            vec![5, 5, 5]
-        } else {
-            vec![3, 4, 6, 3]
+        match self {
+            Arch::Resnet32 => vec![5, 5, 5],
+            Arch::Resnet152 => vec![3, 8, 36, 3],
+            Arch::Resnet50 | Arch::Resnext50 => vec![3, 4, 6, 3],
         }
     }
 

@@ -560,6 +560,7 @@ fn imagenet_single_branch_counts_match_torchvision() -> TestResult {
     for (arch, params, gmacs) in [
         (Arch::Resnet50, 25_557_032, 4.09),
         (Arch::Resnext50, 25_028_904, 4.23),
+        (Arch::Resnet152, 60_192_808, 11.51),
     ] {
         let cfg = BackboneConfig {
             use_norm: false,

@@ -198,7 +198,7 @@ fn fmnist() -> TlcRecipe {
         input_shape: [1, 28, 28],
         backbone: "resnet32".into(),
         stage_blocks: vec![1, 1, 1],
-        stage_widths: vec![8, 16, 32],
+        stage_widths: vec![16, 16, 32],
         epochs: 8,
         batch_size: 64,
         eval_batch_size: 256,

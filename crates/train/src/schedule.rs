@@ -21,6 +21,15 @@ pub enum LrSchedule {
         /// Decay factor γ (0.01 on CIFAR, 0.1 on ImageNet-LT / iNat).
         gamma: f64,
     },
+    /// Piecewise-constant factors from given 1-based epochs on, after a linear warm-up of
+    /// `epoch / warmup` (TLC `main.py`'s `adjust_learning_rate`, tlc.md §5).
+    Piecewise {
+        /// Warm-up epochs.
+        warmup: usize,
+        /// `(from_epoch, factor)`: from this 1-based epoch on, the rate is `base · factor`
+        /// (the latest applicable entry wins).
+        steps: Vec<(usize, f64)>,
+    },
     /// Cosine annealing from the base rate to `min_lr` over the run (after a linear warm-up).
     Cosine {
         /// Warm-up epochs.
@@ -55,6 +64,16 @@ impl LrSchedule {
                     )));
                 }
             }
+            LrSchedule::Piecewise { ref steps, .. } => {
+                if steps
+                    .iter()
+                    .any(|&(e, f)| e == 0 || !(f > 0.0 && f.is_finite()))
+                {
+                    return Err(TrainError::Config(format!(
+                        "piecewise lr steps need 1-based epochs and positive factors (got {steps:?})"
+                    )));
+                }
+            }
             LrSchedule::Constant => {}
         }
         Ok(())
@@ -81,6 +100,16 @@ impl LrSchedule {
                     f *= (i + 1) as f64 / warmup as f64;
                 }
                 base_lr * f
+            }
+            LrSchedule::Piecewise { warmup, ref steps } => {
+                if epoch <= warmup {
+                    return base_lr * epoch.max(1) as f64 / warmup as f64;
+                }
+                let f = steps
+                    .iter()
+                    .filter(|(from, _)| epoch >= *from)
+                    .max_by_key(|(from, _)| *from);
+                base_lr * f.map_or(1.0, |(_, f)| *f)
             }
             LrSchedule::Cosine { warmup, min_lr } => {
                 if i < warmup {
@@ -142,6 +171,19 @@ mod tests {
             min_lr: 0.0,
         };
         assert!((w.lr(0.1, 1, 10) - 0.05).abs() < 1e-12);
+    }
+
+    /// TLC: lr·e/W during warm-up, then the factor of the latest step reached.
+    #[test]
+    fn piecewise_follows_tlc() {
+        let s = LrSchedule::Piecewise {
+            warmup: 5,
+            steps: vec![(161, 0.01), (181, 0.0001)],
+        };
+        assert!((s.lr(0.1, 1, 200) - 0.02).abs() < 1e-12);
+        assert!((s.lr(0.1, 160, 200) - 0.1).abs() < 1e-12);
+        assert!((s.lr(0.1, 161, 200) - 0.001).abs() < 1e-12);
+        assert!((s.lr(0.1, 200, 200) - 1e-5).abs() < 1e-15);
     }
 
     #[test]
