@@ -351,7 +351,7 @@ impl Prepared {
         let mut rng = ChaCha8Rng::seed_from_u64(rng_seed);
         let (h, w, c) = self.in_shape;
         debug_assert_eq!(img.len(), h * w * c);
-        let mut resized = Vec::new();
+        let resized: Vec<u8>;
         let (src, sh, sw): (&[u8], usize, usize) = match self.augment.resize {
             Resize::None => (img, h, w),
             Resize::RandomResized { size, scale, ratio } => {
@@ -379,7 +379,6 @@ impl Prepared {
                 (&resized[..], crop, crop)
             }
         };
-        let _ = &resized;
         let (oy, ox, pad) = match self.augment.pad_crop {
             Some(p) => (rng.random_range(0..=2 * p), rng.random_range(0..=2 * p), p),
             None => (0, 0, 0),
