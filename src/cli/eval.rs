@@ -27,40 +27,66 @@ pub struct Args {
     /// Print JSON instead of tables.
     #[arg(long)]
     pub json: bool,
+    /// Evaluate under test-time label shift: `all` (the eleven SADE distributions, forward 50 …
+    /// uniform … backward 50), or one of them (`forward10`, `uniform`, `backward5`, …), each with
+    /// plain averaging and with test-time self-supervised aggregation.
+    #[arg(long)]
+    pub test_dist: Option<String>,
+    /// Report uncertainty metrics (failure AUROC, FPR@95, ECE, AURC, OOD AUROC) and early exit.
+    #[arg(long)]
+    pub uncertainty: bool,
+    /// An out-of-distribution data set for OOD AUROC (with --uncertainty), e.g. `fmnist` or a
+    /// CIFAR directory via --ood-data-dir.
+    #[arg(long)]
+    pub ood_data: Option<String>,
+    /// Directory of the OOD data files.
+    #[arg(long)]
+    pub ood_data_dir: Option<PathBuf>,
+    /// Write PNG plots into this directory (with --test-dist or --uncertainty).
+    #[arg(long)]
+    pub plot_dir: Option<PathBuf>,
+}
+
+/// What every evaluation mode starts from: the loaded model, its method and the test data.
+pub struct EvalContext {
+    /// The checkpoint.
+    pub loaded: run::Loaded,
+    /// The run config, with --dataset/--data-dir applied.
+    pub config: longtail::config::RunConfig,
+    /// The data set's name.
+    pub dataset: longtail::data::DatasetName,
+    /// Train/val/test splits.
+    pub splits: longtail::data::Splits,
+    /// The method's objective (prediction rule).
+    pub objective: Box<dyn longtail::train::Objective>,
+    /// Evaluation transform.
+    pub eval_transform: longtail::data::Transform,
+    /// Shot group of each class.
+    pub shots: Vec<longtail::data::Shot>,
+    /// Device.
+    pub device: Device,
 }
 
 /// Run `longtail eval`.
 pub fn run(args: Args) -> Result<()> {
-    let device = Device::Cpu;
-    let loaded = run::load_checkpoint(&args.checkpoint, &device)?;
-    let mut cfg = loaded.config.clone();
-    if let Some(d) = &args.dataset {
-        cfg.data.dataset = d.clone();
+    let ctx = context(&args)?;
+    if args.test_dist.is_some() {
+        return super::eval_shift::run(&args, &ctx);
     }
-    if let Some(d) = &args.data_dir {
-        cfg.data.data_dir = Some(d.clone());
+    if args.uncertainty {
+        return super::eval_uncertainty::run(&args, &ctx);
     }
-    let (name, splits) = run::load_data(&cfg)?;
-    if splits.test.num_classes != loaded.config.model.num_classes {
-        bail!(
-            "the checkpoint has {} classes but {} has {}",
-            loaded.config.model.num_classes,
-            cfg.data.dataset,
-            splits.test.num_classes
-        );
-    }
-    let objective = longtail::methods::objective(&cfg.method, &loaded.class_counts, &device)?;
-    let (_, eval_t) = run::transforms(&cfg, name);
-    let shots = shot_groups(&loaded.class_counts, args.rule);
+    let test = Arc::new(ctx.splits.test.clone());
     let ev = evaluate(
-        &loaded.model,
-        objective.as_ref(),
-        &Arc::new(splits.test),
-        &eval_t,
+        &ctx.loaded.model,
+        ctx.objective.as_ref(),
+        &test,
+        &ctx.eval_transform,
         256,
-        &shots,
-        &device,
+        &ctx.shots,
+        &ctx.device,
     )?;
+    let (cfg, counts) = (&ctx.config, &ctx.loaded.class_counts);
     let r = &ev.report;
     if args.json {
         let experts: Vec<f64> = ev.experts.iter().map(|e| e.accuracy).collect();
@@ -80,53 +106,83 @@ pub fn run(args: Args) -> Result<()> {
         return Ok(());
     }
     let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.2}", 100.0 * v));
+    let row = |name: &str, r: &longtail::metrics::ClassificationReport| {
+        println!(
+            "{:<24} {:>8} {:>8} {:>8} {:>8}",
+            name,
+            pct(Some(r.accuracy)),
+            pct(r.many),
+            pct(r.medium),
+            pct(r.few)
+        )
+    };
     println!(
         "{} on {} ({} test images)",
         cfg.method.name(),
-        cfg.data.dataset,
+        ctx.dataset,
         r.samples
     );
     println!(
         "{:<24} {:>8} {:>8} {:>8} {:>8}",
         "", "overall", "many", "medium", "few"
     );
-    println!(
-        "{:<24} {:>8} {:>8} {:>8} {:>8}",
-        "mean of experts",
-        pct(Some(r.accuracy)),
-        pct(r.many),
-        pct(r.medium),
-        pct(r.few)
-    );
+    let label = match cfg.method.name() {
+        "tlc" => "fused (TLC)",
+        _ => "mean of experts",
+    };
+    row(label, r);
     for (e, x) in ev.experts.iter().enumerate() {
-        println!(
-            "{:<24} {:>8} {:>8} {:>8} {:>8}",
-            format!("expert {e}"),
-            pct(Some(x.accuracy)),
-            pct(x.many),
-            pct(x.medium),
-            pct(x.few)
-        );
+        row(&format!("expert {e}"), x);
     }
     println!(
         "classes per group: many {} / medium {} / few {}",
         r.group_classes[0], r.group_classes[1], r.group_classes[2]
     );
     println!("per-class accuracy:");
-    let names: Vec<String> = splits_names(&cfg, r.per_class.len());
     for (c, acc) in r.per_class.iter().enumerate() {
+        let name = test.class_names.get(c).map_or("", |s| s.as_str());
         println!(
             "  {:>3} {:<20} n_train={:<6} {:>7}",
             c,
-            names[c],
-            loaded.class_counts[c],
+            name,
+            counts[c],
             pct(*acc)
         );
     }
     Ok(())
 }
 
-fn splits_names(cfg: &longtail::config::RunConfig, n: usize) -> Vec<String> {
-    let _ = cfg;
-    (0..n).map(|c| format!("class {c}")).collect()
+/// Loads the checkpoint and the data it is evaluated on.
+pub fn context(args: &Args) -> Result<EvalContext> {
+    let device = Device::Cpu;
+    let loaded = run::load_checkpoint(&args.checkpoint, &device)?;
+    let mut cfg = loaded.config.clone();
+    if let Some(d) = &args.dataset {
+        cfg.data.dataset = d.clone();
+    }
+    if let Some(d) = &args.data_dir {
+        cfg.data.data_dir = Some(d.clone());
+    }
+    let (name, splits) = run::load_data(&cfg)?;
+    if splits.test.num_classes != loaded.config.model.num_classes {
+        bail!(
+            "the checkpoint has {} classes but {} has {}",
+            loaded.config.model.num_classes,
+            cfg.data.dataset,
+            splits.test.num_classes
+        );
+    }
+    let objective = longtail::methods::objective(&cfg.method, &loaded.class_counts, &device)?;
+    let (_, eval_transform) = run::transforms(&cfg, name);
+    let shots = shot_groups(&loaded.class_counts, args.rule);
+    Ok(EvalContext {
+        loaded,
+        config: cfg,
+        dataset: name,
+        splits,
+        objective,
+        eval_transform,
+        shots,
+        device,
+    })
 }

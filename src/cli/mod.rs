@@ -4,6 +4,8 @@ use clap::{Parser, Subcommand};
 
 pub mod data;
 pub mod eval;
+pub mod eval_shift;
+pub mod eval_uncertainty;
 pub mod presets;
 pub mod train;
 
