@@ -118,7 +118,10 @@ impl Sgd {
                 } else {
                     buf.clone()
                 };
-                self.momentum.insert(name.clone(), buf);
+                // Gradients carry candle's op graph (they are computed from tracked forward
+                // tensors); a buffer kept across steps must be detached, or every step's graph
+                // stays alive through the chain of buffers.
+                self.momentum.insert(name.clone(), buf.detach());
                 d
             } else {
                 g
@@ -217,6 +220,20 @@ mod tests {
         opt.step(&loss.backward()?)?;
         assert_eq!(frozen.as_tensor().to_vec1::<f32>()?, vec![7.0]);
         assert!(opt.state().contains_key("w") && !opt.state().contains_key("frozen"));
+        Ok(())
+    }
+
+    /// Regression: momentum buffers must not keep the autograd graph of past steps alive.
+    #[test]
+    fn momentum_buffers_hold_no_graph() -> Result<(), TrainError> {
+        let w = Var::new(&[1.0f32, 2.0], &Device::Cpu)?;
+        let mut opt = Sgd::new(vec![("w".into(), w.clone())], SgdConfig::default())?;
+        opt.set_lr(0.1);
+        for _ in 0..2 {
+            let loss = (w.as_tensor().sqr()? * w.as_tensor())?.sum_all()?;
+            opt.step(&loss.backward()?)?;
+        }
+        assert!(!opt.state()["w"].track_op());
         Ok(())
     }
 
