@@ -258,29 +258,14 @@ impl CustomOp3 for BatchNormBwd {
                 let (mut s1, mut s2) = (0f64, 0f64);
                 for i in 0..n {
                     let o = (i * c + ch) * s;
-                    let (xp, yp, gp) = (&x[o..o + s], &y[o..o + s], &dy[o..o + s]);
-                    let (mut a1, mut a2) = ([0f32; 8], [0f32; 8]);
-                    let mut k = 0;
-                    while k + 8 <= s {
-                        for l in 0..8 {
-                            let g = if relu && yp[k + l] <= 0.0 {
-                                0.0
-                            } else {
-                                gp[k + l]
-                            };
-                            a1[l] += g;
-                            a2[l] += g * (xp[k + l] - m);
-                        }
-                        k += 8;
-                    }
-                    let (mut r1, mut r2) = (0f32, 0f32);
-                    for j in k..s {
-                        let g = if relu && yp[j] <= 0.0 { 0.0 } else { gp[j] };
-                        r1 += g;
-                        r2 += g * (xp[j] - m);
-                    }
-                    s1 += (a1.iter().sum::<f32>() + r1) as f64;
-                    s2 += (a2.iter().sum::<f32>() + r2) as f64;
+                    let planes = (&x[o..o + s], &y[o..o + s], &dy[o..o + s]);
+                    let (p1, p2) = if relu {
+                        plane_sums::<true>(planes, m)
+                    } else {
+                        plane_sums::<false>(planes, m)
+                    };
+                    s1 += p1 as f64;
+                    s2 += p2 as f64;
                 }
                 (s1, s2)
             })
@@ -313,14 +298,63 @@ impl CustomOp3 for BatchNormBwd {
                 .for_each(|(pi, dp)| {
                     let (a, b, k) = coef[pi % c];
                     let o = pi * s;
-                    let (xp, yp, gp) = (&x[o..o + s], &y[o..o + s], &dy[o..o + s]);
-                    for j in 0..s {
-                        let g = if relu && yp[j] <= 0.0 { 0.0 } else { gp[j] };
-                        dp[j] = a * g + b * xp[j] + k;
+                    let planes = (&x[o..o + s], &y[o..o + s], &dy[o..o + s]);
+                    if relu {
+                        plane_dx::<true>(dp, planes, a, b, k);
+                    } else {
+                        plane_dx::<false>(dp, planes, a, b, k);
                     }
                 });
         }
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+/// The gradient reaching the batch-norm output: `dy`, zeroed where the fused ReLU clipped.
+#[inline(always)]
+fn masked<const RELU: bool>(g: f32, y: f32) -> f32 {
+    if RELU && y <= 0.0 {
+        0.0
+    } else {
+        g
+    }
+}
+
+/// `(Σ g, Σ g·(x − m))` over one plane, eight lanes, branch-free so it vectorises.
+fn plane_sums<const RELU: bool>((x, y, g): (&[f32], &[f32], &[f32]), m: f32) -> (f32, f32) {
+    let (mut a1, mut a2) = ([0f32; 8], [0f32; 8]);
+    let (xc, yc, gc) = (x.chunks_exact(8), y.chunks_exact(8), g.chunks_exact(8));
+    let (mut r1, mut r2) = (0f32, 0f32);
+    for ((x, y), g) in xc
+        .remainder()
+        .iter()
+        .zip(yc.remainder())
+        .zip(gc.remainder())
+    {
+        let g = masked::<RELU>(*g, *y);
+        r1 += g;
+        r2 += g * (x - m);
+    }
+    for ((x, y), g) in xc.zip(yc).zip(gc) {
+        for l in 0..8 {
+            let g = masked::<RELU>(g[l], y[l]);
+            a1[l] += g;
+            a2[l] += g * (x[l] - m);
+        }
+    }
+    (a1.iter().sum::<f32>() + r1, a2.iter().sum::<f32>() + r2)
+}
+
+/// `dx = a·g + b·x + k` over one plane.
+fn plane_dx<const RELU: bool>(
+    dx: &mut [f32],
+    (x, y, g): (&[f32], &[f32], &[f32]),
+    a: f32,
+    b: f32,
+    k: f32,
+) {
+    for (((d, x), y), g) in dx.iter_mut().zip(x).zip(y).zip(g) {
+        *d = a * masked::<RELU>(*g, *y) + b * x + k;
     }
 }
 

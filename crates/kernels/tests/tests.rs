@@ -159,6 +159,8 @@ fn conv_odd_sizes_and_batch_one_match_stock() -> R<()> {
         ConvCase(1, 2, 2, 3, 3, 3, 1, 2, 1), // padding wider than the kernel reach
         ConvCase(1, 2, 2, 1, 1, 3, 1, 1, 1), // 1x1 input
         ConvCase(1, 3, 2, 4, 4, 1, 3, 0, 1),
+        ConvCase(2, 3, 4, 6, 5, 5, 1, 2, 1), // 5x5 same padding
+        ConvCase(1, 2, 3, 2, 3, 7, 1, 3, 1), // 7x7 same padding on a 2x3 image
     ];
     for (i, c) in cases.into_iter().enumerate() {
         check_conv(c, 300 + i as u64)?;
