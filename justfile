@@ -27,3 +27,9 @@ bench-data:
 
 bench-kernels:
     cargo bench -p longtail-kernels
+
+# On a machine with an NVIDIA GPU: build with `cuda`, official parity on the GPU, training
+# benchmark (ResNet-32, RIDE-3, ResNeXt-50) and the PyTorch ratio. `just gpu-check bundle`
+# packs it for a GPU machine without Rust; see scripts/gpu-check.sh.
+gpu-check *ARGS:
+    bash scripts/gpu-check.sh {{ARGS}}

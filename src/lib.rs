@@ -6,6 +6,7 @@
 //! [`train`].
 
 pub mod config;
+pub mod device;
 pub mod methods;
 pub mod run;
 

@@ -57,8 +57,19 @@ pub fn metadata(cfg: &RunConfig, splits: &Splits) -> Result<BTreeMap<String, Str
     ]))
 }
 
-/// Trains `cfg` into `out` (resuming when asked) and returns the trainer's summary.
+/// Trains `cfg` into `out` (resuming when asked) on the CPU and returns the trainer's summary.
 pub fn train(cfg: &RunConfig, out: &Path, resume: bool, progress: Progress) -> Result<FitSummary> {
+    train_on(cfg, out, resume, progress, &Device::Cpu)
+}
+
+/// [`train`] on `device` (see [`crate::device::device`] for `--device`).
+pub fn train_on(
+    cfg: &RunConfig,
+    out: &Path,
+    resume: bool,
+    progress: Progress,
+    device: &Device,
+) -> Result<FitSummary> {
     cfg.check()?;
     let (name, splits) = load_data(cfg)?;
     if splits.train.num_classes != cfg.model.num_classes {
@@ -77,7 +88,7 @@ pub fn train(cfg: &RunConfig, out: &Path, resume: bool, progress: Progress) -> R
             cfg.model.in_channels
         );
     }
-    let device = Device::Cpu;
+    let device = device.clone();
     let counts = splits.train.class_counts();
     let (varmap, model) = MultiExpert::seeded(&cfg.model, cfg.seed, &device)?;
     let mut objective = methods::objective(&cfg.method, &counts, &device)?;

@@ -45,6 +45,10 @@ pub struct Args {
     /// Write PNG plots into this directory (with --test-dist or --uncertainty).
     #[arg(long)]
     pub plot_dir: Option<PathBuf>,
+    /// Compute device: cpu, cuda, cuda:N, or auto (CUDA when built with the `cuda` feature
+    /// and a GPU answers, else CPU).
+    #[arg(long, default_value = "auto")]
+    pub device: String,
 }
 
 /// What every evaluation mode starts from: the loaded model, its method and the test data.
@@ -154,7 +158,7 @@ pub fn run(args: Args) -> Result<()> {
 
 /// Loads the checkpoint and the data it is evaluated on.
 pub fn context(args: &Args) -> Result<EvalContext> {
-    let device = Device::Cpu;
+    let device = longtail::device::device_announced(&args.device)?;
     let loaded = run::load_checkpoint(&args.checkpoint, &device)?;
     let mut cfg = loaded.config.clone();
     if let Some(d) = &args.dataset {

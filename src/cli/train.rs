@@ -59,6 +59,10 @@ pub struct Args {
     /// Print no progress.
     #[arg(long)]
     pub quiet: bool,
+    /// Compute device: cpu, cuda, cuda:N, or auto (CUDA when built with the `cuda` feature
+    /// and a GPU answers, else CPU).
+    #[arg(long, default_value = "auto")]
+    pub device: String,
 }
 
 /// Builds the run config from the arguments; reads no data.
@@ -128,8 +132,9 @@ pub fn run(args: Args) -> Result<()> {
         cfg.optim.epochs,
         out.display()
     );
+    let device = longtail::device::device_announced(&args.device)?;
     let t0 = Instant::now();
-    let summary = run::train(&cfg, &out, args.resume, progress)?;
+    let summary = run::train_on(&cfg, &out, args.resume, progress, &device)?;
     let wall = t0.elapsed().as_secs_f64();
     print_summary(&name, &summary, wall);
     if args.compare_ce && cfg.method.name() != "ce" {
@@ -154,7 +159,7 @@ pub fn run(args: Args) -> Result<()> {
         );
         let t1 = Instant::now();
         let resume = ce_out.join(longtail::train::trainer::LAST).exists();
-        let ce_summary = run::train(&ce, &ce_out, resume, progress)?;
+        let ce_summary = run::train_on(&ce, &ce_out, resume, progress, &device)?;
         print_summary(&ce_name, &ce_summary, t1.elapsed().as_secs_f64());
         println!();
         println!(
