@@ -1,1 +1,341 @@
-//! End-to-end tests of the `longtail` binary.
+//! End-to-end tests of the `longtail` binary, each in a fresh temp dir, on tiny data the tests
+//! write in the real IDX format (12×12 grey images, 10 classes), so a training epoch takes
+//! about a second.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn longtail(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_longtail"))
+        .args(args)
+        .current_dir(dir)
+        .env("RAYON_NUM_THREADS", "2")
+        .output()
+        .expect("the longtail binary runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Asserts a clean failure: exit status 2 and exactly one `error:` line naming the problem
+/// (informational lines such as the chosen device may precede it; clap adds its usage hint).
+fn assert_fails(o: &Output, needle: &str) {
+    let err = stderr(o);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "stdout: {} stderr: {err}",
+        stdout(o)
+    );
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "one error line expected, got: {err}");
+    assert!(errors[0].contains(needle), "`{needle}` not in: {err}");
+}
+
+fn write_idx(path: &Path, dims: &[u32], data: &[u8]) {
+    let mut bytes = vec![0u8, 0, 8, dims.len() as u8];
+    for d in dims {
+        bytes.extend(d.to_be_bytes());
+    }
+    bytes.extend(data);
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// A Fashion-MNIST-shaped IDX directory: `per_class` train and 6 test images per class, each
+/// class a different bright square position on a dark background plus deterministic noise.
+fn tiny_idx(dir: &Path, per_class: usize) -> PathBuf {
+    let d = dir.join("idx");
+    std::fs::create_dir_all(&d).unwrap();
+    let side = 12usize;
+    let mut state = 7u64;
+    let mut make = |n: usize| {
+        let (mut images, mut labels) = (vec![], vec![]);
+        for i in 0..n * 10 {
+            let c = i % 10;
+            let (cy, cx) = ((c / 4) * 4, (c % 4) * 3);
+            for y in 0..side {
+                for x in 0..side {
+                    state = state
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    let inside = y >= cy && y < cy + 4 && x >= cx && x < cx + 3;
+                    images.push(if inside { 220 } else { 20 } + (state >> 60) as u8);
+                }
+            }
+            labels.push(c as u8);
+        }
+        (images, labels)
+    };
+    let (ti, tl) = make(per_class);
+    write_idx(
+        &d.join("train-images-idx3-ubyte"),
+        &[tl.len() as u32, 12, 12],
+        &ti,
+    );
+    write_idx(&d.join("train-labels-idx1-ubyte"), &[tl.len() as u32], &tl);
+    let (vi, vl) = make(6);
+    write_idx(
+        &d.join("t10k-images-idx3-ubyte"),
+        &[vl.len() as u32, 12, 12],
+        &vi,
+    );
+    write_idx(&d.join("t10k-labels-idx1-ubyte"), &[vl.len() as u32], &vl);
+    d
+}
+
+/// The `ride.fmnist-lt` preset pointed at the tiny IDX data (IF 10), with `epochs` epochs.
+fn tiny_config(dir: &Path, method: &str, epochs: usize, per_class: usize) -> PathBuf {
+    let idx = tiny_idx(dir, per_class);
+    let o = longtail(dir, &["presets", &format!("{method}.fmnist-lt")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut cfg: toml::Table = toml::from_str(&stdout(&o)).unwrap();
+    let data = cfg["data"].as_table_mut().unwrap();
+    data.insert("dataset".into(), "fmnist".into());
+    data.insert("data_dir".into(), idx.to_string_lossy().into_owned().into());
+    data.insert("imbalance".into(), 10.0.into());
+    let optim = cfg["optim"].as_table_mut().unwrap();
+    optim.insert("epochs".into(), (epochs as i64).into());
+    optim.insert("batch_size".into(), 16.into());
+    let path = dir.join(format!("{method}.toml"));
+    std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
+    path
+}
+
+#[test]
+fn data_prints_the_bundled_statistics() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = longtail(dir.path(), &["data"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("2478") || out.contains("2,478"), "{out}");
+    for word in ["many", "medium", "few", "Gini"] {
+        assert!(
+            out.to_lowercase().contains(&word.to_lowercase()),
+            "{word} missing: {out}"
+        );
+    }
+    let list = dir.path().join("idx.txt");
+    let o = longtail(
+        dir.path(),
+        &["data", "--list-indices", list.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(list).unwrap().lines().count(), 2478);
+}
+
+#[test]
+fn train_then_eval_prints_groups_and_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(dir.path(), "ride", 2, 30);
+    let o = longtail(
+        dir.path(),
+        &[
+            "train",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--out",
+            "run",
+            "--quiet",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let run = dir.path().join("run");
+    for f in ["last.safetensors", "config.toml", "metrics.jsonl"] {
+        assert!(run.join(f).exists(), "{f}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(run.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
+        2
+    );
+    assert!(stdout(&o).contains("each expert alone"), "{}", stdout(&o));
+
+    let o = longtail(dir.path(), &["eval", "--checkpoint", "run"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    for needle in ["mean of experts", "expert 2", "per-class accuracy", "many"] {
+        assert!(out.contains(needle), "{needle}: {out}");
+    }
+    let o = longtail(
+        dir.path(),
+        &["eval", "--checkpoint", "run/last.safetensors", "--json"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["method"], "ride");
+    assert_eq!(v["expert_accuracy"].as_array().unwrap().len(), 3);
+    let acc = v["accuracy"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&acc));
+    assert_eq!(v["samples"], 60);
+    // The final line of the training metrics is the same evaluation as `eval`.
+    let last = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let last: serde_json::Value = serde_json::from_str(last.lines().last().unwrap()).unwrap();
+    assert_eq!(last["test_accuracy"].as_f64().unwrap(), acc);
+}
+
+/// A run killed with SIGKILL mid-training and resumed ends with exactly the weights of an
+/// uninterrupted run.
+#[test]
+fn a_killed_run_resumes_to_the_same_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(dir.path(), "ride", 4, 60);
+    let cfg = cfg.to_str().unwrap();
+    let o = longtail(
+        dir.path(),
+        &["train", "--config", cfg, "--out", "straight", "--quiet"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_longtail"))
+        .args(["train", "--config", cfg, "--out", "killed", "--quiet"])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let metrics = dir.path().join("killed/metrics.jsonl");
+    let t0 = std::time::Instant::now();
+    while std::fs::read_to_string(&metrics).map_or(0, |s| s.lines().count()) < 1 {
+        assert!(t0.elapsed().as_secs() < 300, "no epoch finished");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let done = std::fs::read_to_string(&metrics).unwrap().lines().count();
+    assert!(done < 4, "the run finished before it could be killed");
+
+    let o = longtail(dir.path(), &["train", "--config", cfg, "--out", "killed"]);
+    assert_fails(&o, "--resume");
+    let o = longtail(
+        dir.path(),
+        &[
+            "train", "--config", cfg, "--out", "killed", "--resume", "--quiet",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let a = safetensors_tensors(&dir.path().join("straight/last.safetensors"));
+    let b = safetensors_tensors(&dir.path().join("killed/last.safetensors"));
+    assert_eq!(a.len(), b.len());
+    for (name, bytes) in &a {
+        assert!(b[name] == *bytes, "{name} differs after resume");
+    }
+    assert_eq!(std::fs::read_to_string(metrics).unwrap().lines().count(), 4);
+}
+
+fn safetensors_tensors(path: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors()
+        .into_iter()
+        .map(|(n, v)| (n, v.data().to_vec()))
+        .collect()
+}
+
+#[test]
+fn bad_input_gets_one_clear_line_and_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    assert_fails(
+        &longtail(p, &["train", "--dataset", "mnist-lt"]),
+        "unknown preset",
+    );
+    assert_fails(&longtail(p, &["data", "--dataset", "nope"]), "nope");
+    assert_fails(
+        &longtail(
+            p,
+            &[
+                "train",
+                "--preset",
+                "ride.cifar10-lt",
+                "--data-dir",
+                "/no/such/dir",
+                "--out",
+                "x",
+            ],
+        ),
+        "/no/such/dir",
+    );
+    assert!(!p.join("x/last.safetensors").exists());
+    assert_fails(
+        &longtail(p, &["eval", "--checkpoint", "missing.safetensors"]),
+        "missing.safetensors",
+    );
+    std::fs::write(
+        p.join("corrupt.safetensors"),
+        b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":",
+    )
+    .unwrap();
+    assert_fails(
+        &longtail(p, &["eval", "--checkpoint", "corrupt.safetensors"]),
+        "not a valid safetensors",
+    );
+    assert_fails(
+        &longtail(p, &["train", "--method", "sade", "--experts", "2"]),
+        "3 experts",
+    );
+    assert_fails(&longtail(p, &["train", "--lr=-1"]), "learning rate");
+    std::fs::write(p.join("typo.toml"), "seed = 1\nepochz = 3\n").unwrap();
+    assert_fails(
+        &longtail(p, &["train", "--config", "typo.toml"]),
+        "typo.toml",
+    );
+    assert_fails(
+        &longtail(
+            p,
+            &["train", "--epochs", "1", "--out", "/proc/forbidden/run"],
+        ),
+        "/proc/forbidden/run",
+    );
+}
+
+#[test]
+fn a_checkpoint_for_another_class_count_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(dir.path(), "ce", 1, 20);
+    let o = longtail(
+        dir.path(),
+        &[
+            "train",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--out",
+            "run",
+            "--quiet",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    // The run's own config says fmnist with 10 classes; CIFAR-100-LT has 100.
+    let o = longtail(
+        dir.path(),
+        &[
+            "eval",
+            "--checkpoint",
+            "run",
+            "--dataset",
+            "cifar100-lt",
+            "--data-dir",
+            "idx",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    // A checkpoint whose weights do not fit the model its config describes.
+    let bytes = std::fs::read(dir.path().join("run/last.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let mut meta = meta.metadata().clone().unwrap();
+    let cfg_text = meta["config"].replace("num_classes = 10", "num_classes = 7");
+    meta.insert("config".into(), cfg_text);
+    let tensors: Vec<(String, safetensors::tensor::TensorView)> = st.tensors();
+    let out = safetensors::serialize(tensors, Some(meta)).unwrap();
+    std::fs::write(dir.path().join("other.safetensors"), out).unwrap();
+    assert_fails(
+        &longtail(dir.path(), &["eval", "--checkpoint", "other.safetensors"]),
+        "shape",
+    );
+}
