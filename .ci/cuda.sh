@@ -96,7 +96,11 @@ build)
     eval "$(exports)"
     nvcc --version | tail -n2
     start=$(date +%s)
-    cargo build --features cuda "$@"
+    # A target dir of its own, outside the clone: the CUDA build does not evict the CPU build's
+    # artefacts (features differ), and candle's CUDA kernels (the slow part, ~20 min cold on
+    # 2 cores) stay compiled between CI runs on the same machine.
+    CARGO_TARGET_DIR="${LONGTAIL_CUDA_TARGET:-$HOME/.cache/longtail/cuda-target}" \
+        cargo build --features cuda "$@"
     echo "cuda.sh: cargo build --features cuda $* took $(($(date +%s) - start)) s"
     ;;
 *)
