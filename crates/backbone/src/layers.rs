@@ -112,6 +112,7 @@ struct BasicBlock {
     stride: usize,
     in_c: usize,
     out_c: usize,
+    kernels: Kernels,
 }
 
 impl BasicBlock {
@@ -130,6 +131,7 @@ impl BasicBlock {
             stride,
             in_c,
             out_c: planes,
+            kernels: cfg.kernels,
         })
     }
 
@@ -141,7 +143,7 @@ impl BasicBlock {
         } else {
             x.clone()
         };
-        (y + shortcut)?.relu()
+        ops::add_relu(self.kernels, &y, &shortcut)
     }
 
     fn macs(&self, h: usize, w: usize) -> (u64, usize, usize) {
@@ -162,6 +164,7 @@ struct Bottleneck {
     conv3: Conv,
     bn3: BatchNorm2d,
     downsample: Option<(Conv, BatchNorm2d)>,
+    kernels: Kernels,
 }
 
 impl Bottleneck {
@@ -195,6 +198,7 @@ impl Bottleneck {
             conv3: Conv::new(width, out_c, 1, 1, 0, 1, cfg, vb.pp("conv3"))?,
             bn3: BatchNorm2d::new(out_c, vb.pp("bn3"), cfg.kernels)?,
             downsample,
+            kernels: cfg.kernels,
         })
     }
 
@@ -206,7 +210,7 @@ impl Bottleneck {
             Some((conv, bn)) => bn.forward_t(&conv.forward(x)?, train)?,
             None => x.clone(),
         };
-        (y + shortcut)?.relu()
+        ops::add_relu(self.kernels, &y, &shortcut)
     }
 
     fn macs(&self, h: usize, w: usize) -> (u64, usize, usize) {
