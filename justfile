@@ -5,6 +5,12 @@
 train-ride *ARGS:
     cargo run --release -- train --method ride --compare-ce {{ARGS}}
 
+# Train TLC (evidential experts, uncertainty fusion) on the bundled set, then report its
+# uncertainty (failure AUROC, ECE, AURC) and the early-exit accuracy / compute curve, with plots.
+train-tlc *ARGS:
+    cargo run --release -- train --method tlc --out runs/tlc-fmnist {{ARGS}}
+    cargo run --release -- eval --checkpoint runs/tlc-fmnist --uncertainty --plot-dir runs/tlc-fmnist/plots
+
 # Train the CE baseline on the bundled set.
 train-ce *ARGS:
     cargo run --release -- train --method ce {{ARGS}}
