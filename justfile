@@ -11,6 +11,12 @@ train-tlc *ARGS:
     cargo run --release -- train --method tlc --out runs/tlc-fmnist {{ARGS}}
     cargo run --release -- eval --checkpoint runs/tlc-fmnist --uncertainty --plot-dir runs/tlc-fmnist/plots
 
+# Train SADE (three skill-diverse experts) on the bundled set, then evaluate it under the eleven
+# test class distributions: plain averaging vs test-time aggregation, table and plot.
+train-sade *ARGS:
+    cargo run --release -- train --preset sade.fmnist-lt --out runs/sade-fmnist {{ARGS}}
+    cargo run --release -- eval --checkpoint runs/sade-fmnist --test-dist all --plot-dir runs/sade-fmnist/plots
+
 # Train the CE baseline on the bundled set.
 train-ce *ARGS:
     cargo run --release -- train --method ce {{ARGS}}

@@ -9,6 +9,7 @@ pub mod config;
 pub mod device;
 pub mod methods;
 pub mod run;
+pub mod shift;
 pub mod uncertainty;
 
 pub use longtail_aggregate as aggregate;

@@ -67,6 +67,36 @@ pub enum SadeError {
         /// The known names, comma separated.
         known: String,
     },
+    /// A strong-augmentation setting, or the image shape it is given, is unusable.
+    #[error("strong augmentation: {field} {value} is unusable: {reason}")]
+    Augment {
+        /// Name of the offending setting.
+        field: &'static str,
+        /// The value that was given.
+        value: String,
+        /// What it must be.
+        reason: String,
+    },
+    /// An image buffer does not have `height · width · channels` bytes.
+    #[error("image of {got} bytes does not match its shape {height}x{width}x{channels}")]
+    ImageSize {
+        /// Bytes given.
+        got: usize,
+        /// Image height.
+        height: usize,
+        /// Image width.
+        width: usize,
+        /// Channels.
+        channels: usize,
+    },
+    /// A sample index is outside the data set.
+    #[error("sample index {index} is outside the data set of {len} images")]
+    SampleIndex {
+        /// The index asked for.
+        index: usize,
+        /// Images in the data set.
+        len: usize,
+    },
     /// A tensor operation failed.
     #[error(transparent)]
     Tensor(#[from] candle_core::Error),

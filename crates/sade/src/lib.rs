@@ -15,6 +15,8 @@
 //! - [`SadeLoss`]: the summed three-expert loss on `[B, 3, C]` logits.
 //! - [`inverse_prior`]: the rank-mirrored prior π̄, with a deterministic tie-break.
 //! - [`presets`]: the official recipes, including the test-time aggregation settings.
+//! - [`StrongAugment`] / [`StrongViews`]: the strong augmentation of the two test-time views
+//!   (crop, colour jitter, grayscale, blur, flip), deterministic per `(seed, view, sample)`.
 //! - [`SadeError`]: what can go wrong when building any of these.
 //!
 //! ```
@@ -31,9 +33,11 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod augment;
 mod error;
 mod loss;
 pub mod presets;
 
+pub use augment::{view_seed, ColorJitter, StrongAugment, StrongCrop, StrongViews};
 pub use error::SadeError;
 pub use loss::{inverse_prior, SadeLoss, SadeLossConfig, PRIOR_EPS};
