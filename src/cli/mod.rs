@@ -6,7 +6,10 @@ pub mod data;
 pub mod eval;
 pub mod eval_shift;
 pub mod eval_uncertainty;
+pub mod export;
+pub mod import;
 pub mod presets;
+pub mod pull;
 pub mod train;
 
 /// Train and evaluate long-tailed multi-expert classifiers (RIDE, SADE, TLC).
@@ -28,6 +31,12 @@ pub enum Command {
     Eval(eval::Args),
     /// List the named presets, or print one as TOML.
     Presets(presets::Args),
+    /// Fetch a checkpoint from the Hugging Face Hub into the local cache (hf://owner/repo).
+    Pull(pull::Args),
+    /// Write a run as a Hub-ready folder: model.safetensors, config.json, README.md model card.
+    Export(export::Args),
+    /// Convert an official RIDE / SADE / TLC state dict (safetensors) into a checkpoint folder.
+    Import(import::Args),
 }
 
 /// Run the parsed command.
@@ -37,5 +46,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(args) => train::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Presets(args) => presets::run(args),
+        Command::Pull(args) => pull::run(args),
+        Command::Export(args) => export::run(args),
+        Command::Import(args) => import::run(args),
     }
 }
