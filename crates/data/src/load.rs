@@ -88,7 +88,9 @@ impl Normalize {
 pub struct DataSpec {
     /// Which data set.
     pub name: DatasetName,
-    /// Its directory (unused by `fmnist-lt`; `fmnist` defaults to the Debian package's).
+    /// Its directory (unused by `fmnist-lt`; `fmnist` defaults to the Debian package's). For
+    /// `cifar10-lt` / `cifar100-lt` it may name the Hub instead, `hf://uoft-cs/cifar10` (feature
+    /// `hub`; see `readers::hub`).
     pub data_dir: Option<PathBuf>,
     /// Imbalance factor `max/min` of the training subset (≥ 1; 1 keeps every image). `fmnist-lt`
     /// is fixed at 100; `image-list` ignores it (the lists are already long-tailed).
@@ -138,6 +140,36 @@ fn need_dir<'a>(spec: &'a DataSpec, hint: &str) -> Result<&'a Path> {
             dataset: spec.name.to_string(),
             hint: hint.into(),
         })
+}
+
+/// A CIFAR `--data-dir` that names the Hub, `hf://owner/name[@revision][/config]` (`hf://` alone:
+/// `uoft-cs/cifar10` or `uoft-cs/cifar100`), rather than a directory of binary files.
+fn hub_reference(dir: &Path) -> Option<&str> {
+    dir.to_str().filter(|s| s.starts_with("hf://"))
+}
+
+/// CIFAR train and test splits from the Hub's parquet files (`readers::hub`), with the options
+/// from the environment (`HF_HUB_OFFLINE`, `HF_HUB_CACHE` / `HF_HOME`, `HF_ENDPOINT`).
+#[cfg(feature = "hub")]
+fn load_cifar_from_hub(reference: &str, kind: CifarKind) -> Result<(Dataset, Dataset)> {
+    use crate::readers::hub::{load_cifar_hub, HubDataOptions, HubSource};
+    load_cifar_hub(
+        &HubSource::parse(reference, kind)?,
+        kind,
+        &HubDataOptions::from_env(),
+    )
+}
+
+/// Without the `hub` feature an `hf://` data directory is an error that says how to get one.
+#[cfg(not(feature = "hub"))]
+fn load_cifar_from_hub(reference: &str, _kind: CifarKind) -> Result<(Dataset, Dataset)> {
+    Err(DataError::BadParameter {
+        name: "data directory",
+        value: reference.into(),
+        reason: "reading CIFAR from the Hub needs the `hub` cargo feature (cargo build --features hub); \
+                 or pass a directory of the CIFAR binary files"
+            .into(),
+    })
 }
 
 /// Finds `train.txt` / `*_train.txt`-style list files for image-list data sets.
@@ -247,8 +279,10 @@ pub fn load_splits(spec: &DataSpec) -> Result<Splits> {
                 }
                 CifarKind::Cifar100 => "the CIFAR-100 binary files train.bin and test.bin",
             };
-            let dir = need_dir(spec, hint)?;
-            let (train, test) = load_cifar(dir, kind)?;
+            let (train, test) = match spec.data_dir.as_deref().and_then(hub_reference) {
+                Some(reference) => load_cifar_from_hub(reference, kind)?,
+                None => load_cifar(need_dir(spec, hint)?, kind)?,
+            };
             (ldam_long_tail(&train, spec.imbalance)?, None, test)
         }
         DatasetName::Fmnist => {

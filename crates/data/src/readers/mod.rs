@@ -1,6 +1,9 @@
-//! Readers for the on-disk formats: CIFAR binary, IDX (MNIST / Fashion-MNIST) and image lists.
+//! Readers for the on-disk formats: CIFAR binary, IDX (MNIST / Fashion-MNIST) and image lists;
+//! with the `hub` feature, CIFAR from the Hugging Face Hub's parquet files.
 
 pub mod cifar;
+#[cfg(feature = "hub")]
+pub mod hub;
 pub mod idx;
 pub mod image_list;
 
