@@ -1,6 +1,9 @@
 //! End-to-end tests of `longtail pull / export / import` and `eval --checkpoint` on exported,
 //! imported and `hf://` checkpoints (issue #8), each in a fresh temp dir.
 
+mod util;
+use util::{stderr, stdout};
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -25,13 +28,6 @@ fn longtail_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
 
 fn longtail(dir: &Path, args: &[&str]) -> Output {
     longtail_env(dir, args, &[])
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 /// Asserts a clean failure: exit status 2 and exactly one `error:` line, the last one, containing

@@ -2,33 +2,10 @@
 //! `eval --test-dist` (plain averaging vs test-time aggregation under label shift), on a SADE and
 //! on a RIDE checkpoint. Each test runs in a fresh temp dir.
 
+mod util;
+use util::{longtail, stderr, stdout, write_idx};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn longtail(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_longtail"))
-        .args(args)
-        .current_dir(dir)
-        .env("RAYON_NUM_THREADS", "2")
-        .output()
-        .expect("the longtail binary runs")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn write_idx(path: &Path, dims: &[u32], data: &[u8]) {
-    let mut bytes = vec![0u8, 0, 8, dims.len() as u8];
-    for d in dims {
-        bytes.extend(d.to_be_bytes());
-    }
-    bytes.extend(data);
-    std::fs::write(path, bytes).unwrap();
-}
 
 /// A Fashion-MNIST-shaped IDX directory of 12×12 images: `per_class` train and `test_per_class`
 /// test images per class, each class a bright block at its own position plus noise.

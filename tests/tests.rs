@@ -2,48 +2,11 @@
 //! write in the real IDX format (12×12 grey images, 10 classes), so a training epoch takes
 //! about a second.
 
+mod util;
+use util::{assert_fails, longtail, stderr, stdout, write_idx};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn longtail(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_longtail"))
-        .args(args)
-        .current_dir(dir)
-        .env("RAYON_NUM_THREADS", "2")
-        .output()
-        .expect("the longtail binary runs")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// Asserts a clean failure: exit status 2 and exactly one `error:` line naming the problem
-/// (informational lines such as the chosen device may precede it; clap adds its usage hint).
-fn assert_fails(o: &Output, needle: &str) {
-    let err = stderr(o);
-    assert_eq!(
-        o.status.code(),
-        Some(2),
-        "stdout: {} stderr: {err}",
-        stdout(o)
-    );
-    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(errors.len(), 1, "one error line expected, got: {err}");
-    assert!(errors[0].contains(needle), "`{needle}` not in: {err}");
-}
-
-fn write_idx(path: &Path, dims: &[u32], data: &[u8]) {
-    let mut bytes = vec![0u8, 0, 8, dims.len() as u8];
-    for d in dims {
-        bytes.extend(d.to_be_bytes());
-    }
-    bytes.extend(data);
-    std::fs::write(path, bytes).unwrap();
-}
+use std::process::Command;
 
 /// A Fashion-MNIST-shaped IDX directory: `per_class` train and 6 test images per class, each
 /// class a different bright square position on a dark background plus deterministic noise.

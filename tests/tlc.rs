@@ -5,40 +5,16 @@
 //! The data are written by the tests in the real IDX format (12×12 grey images, 10 classes), so a
 //! training epoch takes about a second.
 
+mod util;
+use util::{longtail, stderr, stdout, write_idx};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use candle_core::{DType, Device, Tensor, D};
 use longtail::backbone::MultiExpert;
 use longtail::config::MethodConfig;
 use longtail::tlc::{Combination, TlcLoss};
 use longtail::train::Objective;
-
-fn longtail(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_longtail"))
-        .args(args)
-        .current_dir(dir)
-        .env("RAYON_NUM_THREADS", "2")
-        .output()
-        .expect("the longtail binary runs")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn write_idx(path: &Path, dims: &[u32], data: &[u8]) {
-    let mut bytes = vec![0u8, 0, 8, dims.len() as u8];
-    for d in dims {
-        bytes.extend(d.to_be_bytes());
-    }
-    bytes.extend(data);
-    std::fs::write(path, bytes).unwrap();
-}
 
 /// An IDX directory of `side`×`side` images: `per_class` train and 6 test images per class, each
 /// class a bright block at its own position plus deterministic noise; `invert` flips every
