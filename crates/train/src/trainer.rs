@@ -10,7 +10,6 @@ use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 use longtail_backbone::MultiExpert;
 use longtail_data::{Batcher, Dataset, SamplerKind, Shot, Transform};
-use longtail_metrics::argmax_rows;
 use serde::Serialize;
 
 use crate::checkpoint::{self, Checkpoint};
@@ -255,12 +254,15 @@ pub fn fit(
             let n = batch.indices.len();
             loss_sum += value as f64 * n as f64;
             seen += n;
-            let pred = argmax_rows(
-                &objective.predict(&out)?.flatten_all()?.to_vec1::<f32>()?,
-                data.shots.len(),
-            );
-            let labels = batch.labels.to_vec1::<u32>()?;
-            correct += pred.iter().zip(&labels).filter(|(p, y)| p == y).count();
+            // Counted on the device: one scalar comes back, not the whole [B, C] prediction.
+            let hits = objective
+                .predict(&out)?
+                .argmax(candle_core::D::Minus1)?
+                .eq(&batch.labels.to_dtype(candle_core::DType::U32)?)?
+                .to_dtype(candle_core::DType::U32)?
+                .sum_all()?
+                .to_scalar::<u32>()?;
+            correct += hits as usize;
             let scaled = if cfg.accumulate > 1 {
                 (loss / cfg.accumulate as f64)?
             } else {
