@@ -12,13 +12,15 @@
 #
 #   scripts/gpu-check.sh                 # build here and run here (needs cargo, a GPU and nvcc
 #                                        # or the PyPI toolkit of .ci/cuda.sh)
-#   scripts/gpu-check.sh bundle [DIR]    # no GPU needed: build and pack binary + fixtures into
-#                                        # DIR (default target/gpu-bundle, ~30 MB) for a GPU
-#                                        # machine that has no Rust toolchain
-#   scripts/gpu-check.sh run-bundle [DIR]  # on the GPU machine: run a packed bundle
+#   scripts/gpu-check.sh bundle [DIR]    # no GPU needed: build and pack binaries + fixtures into
+#                                        # DIR (default target/gpu-bundle) and DIR.tar.xz, for a
+#                                        # GPU machine that has no Rust toolchain
+#   scripts/gpu-check.sh run-bundle [DIR]  # on the GPU machine: run a packed bundle, then
+#                                        # `longtail train --method ride --compare-ce` on cuda
 #
 # Env: OUT (results directory; default target/gpu-check), CUDA_COMPUTE_CAP (default: from
-# nvidia-smi, else 90), GPU_CHECK_ARGS (extra flags for gpu_check, e.g. "--tf32").
+# nvidia-smi, else 90), GPU_CHECK_ARGS (extra flags for gpu_check, e.g. "--tf32"),
+# GPU_CHECK_PROFILE (release, the default, or dev: reuse .ci/cuda.sh's warm target dir).
 # The bundle's binary links libcuda.so.1 (the driver) and the CUDA 13 libcudart/cublas/cublasLt/
 # curand/nvrtc dynamically; run-bundle finds them under /usr/local/cuda* or in Python's
 # nvidia/cu13 wheels (PyTorch's), and says which one is missing otherwise.
@@ -64,7 +66,14 @@ build() {
         eval "$(bash .ci/cuda.sh env)"
     fi
     log "building with $(nvcc --version | grep -o 'release [0-9.]*'), compute capability $CUDA_COMPUTE_CAP" >&2
-    cargo build --release --features cuda --example gpu_check >&2
+    if [ "${GPU_CHECK_PROFILE:-release}" = dev ]; then
+        # The dev profile (dependencies at opt-level 3) in .ci/cuda.sh's target dir, where CI keeps
+        # candle's CUDA kernels compiled: minutes instead of a cold ~25-minute release build.
+        bash .ci/cuda.sh build --example gpu_check --bin longtail >&2
+        echo "${LONGTAIL_CUDA_TARGET:-$HOME/.cache/longtail/cuda-target}/debug/examples/gpu_check"
+        return
+    fi
+    cargo build --release --features cuda --example gpu_check --bin longtail >&2
     echo "$repo/target/release/examples/gpu_check"
 }
 
@@ -122,6 +131,23 @@ run_checks() {
     return "$status"
 }
 
+# `just train-ride` on the GPU: RIDE and the CE baseline on the bundled data, then the eval
+# of the RIDE run, timed (the run directory stays in $GPU_CHECK_RUNS, default /tmp).
+train_end_to_end() {
+    local cli="$1" runs="${GPU_CHECK_RUNS:-/tmp}/gpu-check-runs" t0
+    rm -rf "$runs"
+    t0=$(date +%s)
+    log "end to end: longtail train --method ride --compare-ce --device cuda"
+    timeout "${GPU_CHECK_TRAIN_S:-300}" "$cli" train --method ride --compare-ce --device cuda \
+        --out "$runs/ride" --quiet 2>&1 | tee "$OUT/train.log" || log "training failed or timed out"
+    log "training took $(($(date +%s) - t0)) s"
+    t0=$(date +%s)
+    timeout 120 "$cli" eval --checkpoint "$runs/ride" --device cuda --uncertainty 2>&1 |
+        tee -a "$OUT/train.log" || log "eval failed or timed out"
+    log "eval took $(($(date +%s) - t0)) s"
+    cp "$runs/ride/metrics.jsonl" "$OUT/ride-metrics.jsonl" 2>/dev/null || true
+}
+
 case "$mode" in
 all | --require-gpu)
     [ "$mode" = --require-gpu ] && REQUIRE_GPU=1
@@ -135,7 +161,9 @@ bundle)
     rm -rf "$dir"
     mkdir -p "$dir/fixtures" "$dir/scripts"
     cp "$bin" "$dir/gpu_check"
-    strip "$dir/gpu_check" 2>/dev/null || true
+    # The CLI built beside it (same profile and features), for an end-to-end training run.
+    cp "$(dirname "$(dirname "$bin")")/longtail" "$dir/longtail"
+    strip "$dir/gpu_check" "$dir/longtail" 2>/dev/null || true
     src="$(fixtures_dir)"
     for f in ride_cifar_e3_c10 ride_baseline_cifar_e1_c10 sade_cifar_e3_c10 tlc_cifar_e3_c10; do
         cp "$src/$f.safetensors" "$src/$f.io.safetensors" "$dir/fixtures/"
@@ -143,7 +171,10 @@ bundle)
     cp "$src"/{ride,sade,tlc}_loss_c10.safetensors "$dir/fixtures/"
     cp scripts/gpu-check.sh scripts/gpu_bench_torch.py "$dir/scripts/"
     git rev-parse HEAD >"$dir/COMMIT" 2>/dev/null || true
-    log "bundle in $dir ($(du -sh "$dir" | cut -f1)); on the GPU machine: bash $dir/scripts/gpu-check.sh run-bundle $dir"
+    # candle's PTX makes each binary ~50 MB of mostly text: xz packs the bundle to a fraction.
+    tar -C "$(dirname "$dir")" -cJf "$dir.tar.xz" "$(basename "$dir")"
+    log "bundle in $dir ($(du -sh "$dir" | cut -f1)) and $dir.tar.xz ($(du -sh "$dir.tar.xz" | cut -f1))"
+    log "on the GPU machine: tar xJf $(basename "$dir").tar.xz && bash $(basename "$dir")/scripts/gpu-check.sh run-bundle $(basename "$dir")"
     ;;
 run-bundle)
     dir="$(cd "${1:-$repo/target/gpu-bundle}" && pwd)"
@@ -159,7 +190,12 @@ run-bundle)
     fi
     # gpu_bench_torch.py is looked up beside the bundle's scripts.
     repo="$dir"
-    run_checks "$dir/gpu_check" "$dir/fixtures"
+    status=0
+    run_checks "$dir/gpu_check" "$dir/fixtures" || status=$?
+    if [ -x "$dir/longtail" ]; then
+        train_end_to_end "$dir/longtail"
+    fi
+    exit "$status"
     ;;
 *)
     echo "usage: scripts/gpu-check.sh [all|--require-gpu|bundle [DIR]|run-bundle [DIR]]" >&2

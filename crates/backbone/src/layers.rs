@@ -293,6 +293,7 @@ pub(crate) struct Stem {
     conv1: Conv,
     bn1: BatchNorm2d,
     max_pool: bool,
+    kernels: Kernels,
 }
 
 impl Stem {
@@ -307,17 +308,15 @@ impl Stem {
             conv1,
             bn1: BatchNorm2d::new(width, vb.pp("bn1"), cfg.kernels)?,
             max_pool: !cfg.arch.is_cifar(),
+            kernels: cfg.kernels,
         })
     }
 
     pub(crate) fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let y = self.bn1.forward_relu_t(&self.conv1.forward(x)?, train)?;
         if self.max_pool {
-            // MaxPool2d(3, 2, padding=1). The input is post-ReLU (>= 0) and every window holds at
-            // least one real element, so zero padding gives the same maxima as PyTorch's -inf.
-            y.pad_with_zeros(2, 1, 1)?
-                .pad_with_zeros(3, 1, 1)?
-                .max_pool2d_with_stride(3, 2)
+            // MaxPool2d(3, 2, padding=1), with a gradient (candle's max_pool2d has none here).
+            ops::max_pool2d(self.kernels, &y, 3, 2, 1)
         } else {
             Ok(y)
         }

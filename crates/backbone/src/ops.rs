@@ -31,6 +31,23 @@ pub fn add_relu(kernels: Kernels, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// Max pooling with PyTorch's semantics (−∞ padding, gradient to each window's first maximum):
+/// the ImageNet stem's `MaxPool2d(3, 2, padding=1)`. candle's own `max_pool2d` has no backward
+/// when kernel ≠ stride, so [`Kernels::Stock`] uses the stock-op formulation
+/// [`longtail_kernels::max_pool2d_autograd`] (also what `Fast` uses off the CPU).
+pub fn max_pool2d(
+    kernels: Kernels,
+    x: &Tensor,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
+    match kernels {
+        Kernels::Stock => longtail_kernels::max_pool2d_autograd(x, kernel, stride, padding),
+        Kernels::Fast => Ok(longtail_kernels::max_pool2d(x, kernel, stride, padding)?),
+    }
+}
+
 /// 2-D convolution without bias: `x` `[B, Cin, H, W]`, `w` `[Cout, Cin/groups, kh, kw]`,
 /// symmetric zero `padding`, dilation 1 (PyTorch `F.conv2d(x, w, None, stride, padding, 1, groups)`).
 pub fn conv2d(

@@ -61,6 +61,19 @@ pub enum KernelError {
         /// The `padding` argument.
         padding: usize,
     },
+    /// A pooling window that PyTorch refuses: padding over half the kernel, or a kernel larger
+    /// than the padded input.
+    #[error("max_pool2d: kernel {kernel} with padding {padding} does not fit input {h}x{w} (need padding <= kernel/2 and kernel <= size + 2*padding)")]
+    PoolWindow {
+        /// Input height.
+        h: usize,
+        /// Input width.
+        w: usize,
+        /// Kernel size (square).
+        kernel: usize,
+        /// The `padding` argument.
+        padding: usize,
+    },
     /// Two tensors that must have the same shape do not.
     #[error("{op}: `{arg}` has shape {got:?}, expected {want:?}")]
     Shape {

@@ -14,6 +14,8 @@
 //!   for the caller's running-stat update ([`update_running_stats`]).
 //! * [`batch_norm_eval`]: running statistics, a per-channel affine.
 //! * [`add_relu`]: `max(a + b, 0)`.
+//! * [`max_pool2d`]: max pooling with padding and a gradient (candle's has none for kernel ≠
+//!   stride); [`max_pool2d_autograd`] is its device-generic form.
 //!
 //! Off the CPU or for another dtype every function falls back to candle's stock ops, so a CUDA
 //! model keeps candle's kernels. Second-order gradients are not supported: the backward
@@ -36,8 +38,10 @@
 mod bn;
 mod conv;
 mod error;
+mod pool;
 
 pub use error::{KernelError, Result};
+pub use pool::max_pool2d_autograd;
 
 use candle_core::{CpuStorage, DType, Layout, Tensor};
 use std::sync::{Arc, OnceLock};
@@ -421,6 +425,48 @@ pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
         return Ok((a + b)?.relu()?);
     }
     Ok(a.contiguous()?.apply_op2(&b.contiguous()?, bn::AddRelu)?)
+}
+
+/// Max pooling of `x (N, C, H, W)` over `kernel × kernel` windows every `stride`, with `padding`
+/// cells of −∞ on each side (PyTorch `F.max_pool2d(x, kernel, stride, padding)`, floor mode):
+/// `(N, C, Ho, Wo)`, `Ho = (H + 2·padding − kernel)/stride + 1`. The gradient goes to the first
+/// maximum of each window in row-major order, as PyTorch's.
+///
+/// On CPU f32 a custom op (direct loops, parallel over planes); elsewhere
+/// [`max_pool2d_autograd`]. PyTorch's limit holds: `padding ≤ kernel / 2`.
+pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
+    const OP: &str = "max_pool2d";
+    check_rank(OP, "x", x, 4)?;
+    if kernel == 0 {
+        return Err(KernelError::Zero {
+            op: OP,
+            arg: "kernel",
+        });
+    }
+    if stride == 0 {
+        return Err(KernelError::Zero {
+            op: OP,
+            arg: "stride",
+        });
+    }
+    let (_, _, h, w) = x.dims4()?;
+    if 2 * padding > kernel || h + 2 * padding < kernel || w + 2 * padding < kernel {
+        return Err(KernelError::PoolWindow {
+            h,
+            w,
+            kernel,
+            padding,
+        });
+    }
+    if !fast(x) {
+        return Ok(pool::max_pool2d_autograd(x, kernel, stride, padding)?);
+    }
+    let op = pool::MaxPool2d {
+        kernel,
+        stride,
+        padding,
+    };
+    Ok(x.contiguous()?.apply_op1(op)?)
 }
 
 /// PyTorch's running-statistics update after a training-mode batch norm over `count = N·H·W`

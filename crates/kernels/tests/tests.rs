@@ -633,3 +633,142 @@ fn direct_gradient_functions_match_autograd_and_fallback() -> R<()> {
     );
     Ok(())
 }
+
+// ---------------------------------------------------------------- max_pool2d
+
+/// PyTorch's max pooling by hand: −∞ padding, the gradient `g` of each output cell added at the
+/// first maximum of its window (row-major). Returns (y, dx) as flat vectors.
+fn ref_max_pool(
+    x: &[f32],
+    (n, c, h, w): (usize, usize, usize, usize),
+    (k, s, p): (usize, usize, usize),
+    g: &[f32],
+) -> (Vec<f32>, Vec<f32>) {
+    let (oh, ow) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
+    let mut y = vec![0f32; n * c * oh * ow];
+    let mut dx = vec![0f32; x.len()];
+    for plane in 0..n * c {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let mut best: Option<(f32, usize)> = None;
+                for dy in 0..k {
+                    for ddx in 0..k {
+                        let (iy, ix) = (
+                            (oy * s + dy) as isize - p as isize,
+                            (ox * s + ddx) as isize - p as isize,
+                        );
+                        if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                            continue;
+                        }
+                        let i = plane * h * w + iy as usize * w + ix as usize;
+                        if best.is_none_or(|(b, _)| x[i] > b) {
+                            best = Some((x[i], i));
+                        }
+                    }
+                }
+                let (v, i) = best.unwrap();
+                let o = plane * oh * ow + oy * ow + ox;
+                y[o] = v;
+                dx[i] += g[o];
+            }
+        }
+    }
+    (y, dx)
+}
+
+/// Forward and input gradient of `max_pool2d` (custom op) and `max_pool2d_autograd` (stock ops)
+/// against [`ref_max_pool`], through `backward()` on a weighted sum.
+fn check_max_pool(
+    shape: [usize; 4],
+    (k, s, p): (usize, usize, usize),
+    x: Vec<f32>,
+    seed: u64,
+) -> R<()> {
+    let [n, c, h, w] = shape;
+    let (oh, ow) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let g = rand_t(&mut rng, &[n, c, oh, ow]);
+    let (y_ref, dx_ref) = ref_max_pool(&x, (n, c, h, w), (k, s, p), &g.flatten_all()?.to_vec1()?);
+    let y_ref = Tensor::from_vec(y_ref, (n, c, oh, ow), &Device::Cpu)?;
+    let dx_ref = Tensor::from_vec(dx_ref, (n, c, h, w), &Device::Cpu)?;
+    for (name, fast) in [("custom op", true), ("autograd", false)] {
+        let xv = Var::from_tensor(&Tensor::from_vec(x.clone(), (n, c, h, w), &Device::Cpu)?)?;
+        let y = if fast {
+            longtail_kernels::max_pool2d(xv.as_tensor(), k, s, p)?
+        } else {
+            longtail_kernels::max_pool2d_autograd(xv.as_tensor(), k, s, p)?
+        };
+        assert_eq!(y.dims(), [n, c, oh, ow], "{name}: shape");
+        assert_close(&format!("{name} y {shape:?}"), &y, &y_ref, 0.0);
+        let grads = (y * &g)?.sum_all()?.backward()?;
+        let dx = grads.get(xv.as_tensor()).expect("dx");
+        assert_close(&format!("{name} dx {shape:?}"), dx, &dx_ref, 1e-6);
+    }
+    Ok(())
+}
+
+#[test]
+fn max_pool_matches_pytorch_semantics_on_the_stem_and_odd_sizes() -> R<()> {
+    let mut rng = ChaCha8Rng::seed_from_u64(900);
+    // The ResNet-50 stem (3/2/1) on an even and an odd size, a plain 2/2/0 pool, and 3/1/1.
+    for (i, (shape, win)) in [
+        ([2, 3, 16, 16], (3, 2, 1)),
+        ([1, 2, 15, 13], (3, 2, 1)),
+        ([2, 2, 8, 8], (2, 2, 0)),
+        ([1, 2, 7, 9], (3, 1, 1)),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        // Negative values too: padding must act as −∞, not 0.
+        let x: Vec<f32> = (0..shape.iter().product::<usize>())
+            .map(|_| rng.random_range(-2.0f32..1.0))
+            .collect();
+        check_max_pool(shape, win, x, 910 + i as u64)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn max_pool_gives_a_tied_window_gradient_to_its_first_maximum_only() -> R<()> {
+    // Post-ReLU activations: many zeros and repeated values, so windows tie.
+    let shape = [1, 1, 6, 6];
+    let x: Vec<f32> = (0..36).map(|i| [0.0, 1.0, 1.0, 0.5][i % 4]).collect();
+    check_max_pool(shape, (3, 2, 1), x.clone(), 920)?;
+    // Spelled out on the first window (rows 0..1, cols 0..1 of the input, padding around):
+    // values 0, 1 / 1, 1 → the gradient goes to (0, 1) alone.
+    let xv = Var::from_tensor(&Tensor::from_vec(x, (1, 1, 6, 6), &Device::Cpu)?)?;
+    let y = longtail_kernels::max_pool2d(xv.as_tensor(), 3, 2, 1)?;
+    let first = y.flatten_all()?.narrow(0, 0, 1)?.sum_all()?;
+    let dx = first
+        .backward()?
+        .get(xv.as_tensor())
+        .unwrap()
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let hot: Vec<usize> = (0..36).filter(|&i| dx[i] != 0.0).collect();
+    assert_eq!(hot, vec![1], "gradient of a tied window: {dx:?}");
+    Ok(())
+}
+
+#[test]
+fn max_pool_refuses_windows_pytorch_refuses() -> R<()> {
+    let x = Tensor::zeros((1, 1, 4, 4), DType::F32, &Device::Cpu)?;
+    assert!(matches!(
+        longtail_kernels::max_pool2d(&x, 3, 2, 2),
+        Err(KernelError::PoolWindow { padding: 2, .. })
+    ));
+    assert!(matches!(
+        longtail_kernels::max_pool2d(&x, 7, 1, 1),
+        Err(KernelError::PoolWindow { kernel: 7, .. })
+    ));
+    assert!(matches!(
+        longtail_kernels::max_pool2d(&x, 3, 0, 1),
+        Err(KernelError::Zero { arg: "stride", .. })
+    ));
+    assert!(matches!(
+        longtail_kernels::max_pool2d(&x.flatten_all()?, 3, 2, 1),
+        Err(KernelError::Rank { .. })
+    ));
+    Ok(())
+}
