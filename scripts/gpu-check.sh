@@ -25,6 +25,7 @@
 # curand/nvrtc dynamically; run-bundle finds them under /usr/local/cuda* or in Python's
 # nvidia/cu13 wheels (PyTorch's), and says which one is missing otherwise.
 set -euo pipefail
+caller="$(pwd)"
 cd "$(dirname "$0")/.."
 repo="$(pwd)"
 mode="${1:-all}"
@@ -157,6 +158,7 @@ all | --require-gpu)
     ;;
 bundle)
     dir="${1:-$repo/target/gpu-bundle}"
+    [[ "$dir" = /* ]] || dir="$caller/$dir"
     bin="$(build)"
     rm -rf "$dir"
     mkdir -p "$dir/fixtures" "$dir/scripts"
@@ -177,7 +179,7 @@ bundle)
     log "on the GPU machine: tar xJf $(basename "$dir").tar.xz && bash $(basename "$dir")/scripts/gpu-check.sh run-bundle $(basename "$dir")"
     ;;
 run-bundle)
-    dir="$(cd "${1:-$repo/target/gpu-bundle}" && pwd)"
+    dir="$(cd "$caller" && cd "${1:-$repo/target/gpu-bundle}" && pwd)"
     repo="$(cd "$dir/.." && pwd)"
     require_gpu_or_stop
     libs="$(cuda_lib_path)"
