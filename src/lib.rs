@@ -5,6 +5,7 @@
 //! [`aggregate`] (test-time aggregation of any ensemble's logits), [`data`], [`backbone`] and
 //! [`train`].
 
+pub mod bench;
 pub mod config;
 pub mod device;
 pub mod methods;

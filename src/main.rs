@@ -7,6 +7,9 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // Training allocates and frees activation-sized blocks every op: keep them in the heap
+    // instead of mmap/munmap per op (+23 % ResNet-32 train img/s, see longtail-kernels).
+    longtail_kernels::tune_allocator();
     match cli::run(cli::Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

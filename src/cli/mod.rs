@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
+pub mod bench;
 pub mod data;
 pub mod eval;
 pub mod eval_shift;
@@ -37,6 +38,8 @@ pub enum Command {
     Export(export::Args),
     /// Convert an official RIDE / SADE / TLC state dict (safetensors) into a checkpoint folder.
     Import(import::Args),
+    /// Measure training speed on this CPU: our kernels vs candle's stock ops (`bench train`).
+    Bench(bench::Args),
 }
 
 /// Run the parsed command.
@@ -49,5 +52,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Pull(args) => pull::run(args),
         Command::Export(args) => export::run(args),
         Command::Import(args) => import::run(args),
+        Command::Bench(args) => bench::run(args),
     }
 }

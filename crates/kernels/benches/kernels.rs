@@ -621,6 +621,10 @@ fn main() -> R<()> {
         .collect();
     let want = |s: &str| args.is_empty() || args.iter().any(|a| a == s);
     let reps = env_usize("LT_BENCH_REPS", 5);
+    // LT_BENCH_MALLOC=default keeps glibc's defaults, to measure what the tuning gives.
+    let tuned =
+        std::env::var("LT_BENCH_MALLOC").as_deref() != Ok("default") && lk::tune_allocator();
+    println!("allocator tuned (longtail_kernels::tune_allocator): {tuned}");
     println!(
         "longtail-kernels benchmark: {} rayon threads, {} CPUs online",
         rayon::current_num_threads(),
