@@ -123,14 +123,14 @@ fn split(items: usize) -> (bool, Parallelism) {
     }
 }
 
-/// `dst (m×n, row stride dst_rs) = [dst +] lhs · rhs` for row-major views given by
-/// (row stride, column stride). Checks that every view fits its slice, so the unsafe `gemm`
-/// call cannot read or write out of bounds.
+/// `dst (m×n) = [dst +] lhs · rhs` for matrix views given by (row stride, column stride).
+/// Checks that every view fits its slice, so the unsafe `gemm` call cannot read or write out of
+/// bounds.
 #[allow(clippy::too_many_arguments)]
 fn sgemm(
     (m, n, k): (usize, usize, usize),
     dst: &mut [f32],
-    dst_rs: usize,
+    (dst_rs, dst_cs): (usize, usize),
     accumulate: bool,
     lhs: &[f32],
     (lhs_rs, lhs_cs): (usize, usize),
@@ -143,13 +143,15 @@ fn sgemm(
     }
     let last = |rows: usize, cols: usize, rs: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs;
     assert!(
-        last(m, n, dst_rs, 1) < dst.len(),
+        last(m, n, dst_rs, dst_cs) < dst.len(),
         "sgemm: dst view out of bounds"
     );
     if k == 0 {
         if !accumulate {
             for r in 0..m {
-                dst[r * dst_rs..r * dst_rs + n].fill(0.0);
+                for c in 0..n {
+                    dst[r * dst_rs + c * dst_cs] = 0.0;
+                }
             }
         }
         return;
@@ -170,7 +172,7 @@ fn sgemm(
             n,
             k,
             dst.as_mut_ptr(),
-            1,
+            dst_cs as isize,
             dst_rs as isize,
             accumulate,
             lhs.as_ptr(),
@@ -212,6 +214,7 @@ fn im2col(g: &Geom, x: &[f32], col: &mut [f32]) {
             for kj in 0..g.kw {
                 let row = &mut col[((c * g.kh + ki) * g.kw + kj) * hwo..][..hwo];
                 let (lo, hi) = valid_cols(g.wo, g.w, s, kj, p);
+                zero_cols(row, g.wo, lo, hi);
                 for (oh, out) in row.chunks_exact_mut(g.wo).enumerate() {
                     let ih = oh * s + ki;
                     if ih < p || ih - p >= g.h {
@@ -219,8 +222,6 @@ fn im2col(g: &Geom, x: &[f32], col: &mut [f32]) {
                         continue;
                     }
                     let xr = &xc[(ih - p) * g.w..][..g.w];
-                    out[..lo].fill(0.0);
-                    out[hi..].fill(0.0);
                     if s == 1 {
                         out[lo..hi].copy_from_slice(&xr[lo + kj - p..hi + kj - p]);
                     } else {
@@ -266,13 +267,20 @@ fn im2col_same(g: &Geom, x: &[f32], col: &mut [f32]) {
                 // Columns whose input column kj + ow − p falls outside [0, W) read a
                 // neighbouring row above: zero them.
                 let (lo, hi) = valid_cols(wo, g.w, 1, kj, p);
-                if lo > 0 || hi < wo {
-                    for out in dst.chunks_exact_mut(wo) {
-                        out[..lo].fill(0.0);
-                        out[hi..].fill(0.0);
-                    }
-                }
+                zero_cols(dst, wo, lo, hi);
             }
+        }
+    }
+}
+
+/// Zeroes columns `[0, lo)` and `[hi, wo)` of every `wo`-wide row of `rows`.
+///
+/// Column by column with a stride rather than `fill` per row: the runs are 1–3 floats (the
+/// padding), and a `memset` call per row cost ~7 % of a ResNet-32 step in `perf`.
+fn zero_cols(rows: &mut [f32], wo: usize, lo: usize, hi: usize) {
+    for col in (0..lo).chain(hi..wo) {
+        for v in rows.iter_mut().skip(col).step_by(wo) {
+            *v = 0.0;
         }
     }
 }
@@ -345,7 +353,7 @@ pub(crate) fn conv_fwd(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
                 sgemm(
                     (cout_g, hwo, k),
                     &mut out_i[grp * cout_g * hwo..][..cout_g * hwo],
-                    hwo,
+                    (hwo, 1),
                     false,
                     &w[grp * cout_g * k..][..cout_g * k],
                     (k, 1),
@@ -398,7 +406,7 @@ pub(crate) fn conv_dx(g: &Geom, dy: &[f32], w: &[f32]) -> Vec<f32> {
             sgemm(
                 (k, hwo, cout_g),
                 col,
-                hwo,
+                (hwo, 1),
                 false,
                 &w[grp * cout_g * k..][..cout_g * k],
                 (1, k),
@@ -434,14 +442,17 @@ pub(crate) fn conv_dw(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
                     im2col(g, xg, col);
                     col
                 };
+                // dWᵀ (K × C_out/g) += col (K × HoWo) · dyᵀ: with the long `col` as the left
+                // operand, `gemm` packs it along its rows, which is ~10 % faster than packing
+                // `colᵀ` as the right operand of `dy · colᵀ` (measured for 16–64 channels).
                 sgemm(
-                    (cout_g, k, hwo),
+                    (k, cout_g, hwo),
                     &mut acc[grp * cout_g * k..][..cout_g * k],
-                    k,
+                    (1, k),
                     true,
-                    &dy[(i * g.c_out + grp * cout_g) * hwo..][..cout_g * hwo],
-                    (hwo, 1),
                     rhs,
+                    (hwo, 1),
+                    &dy[(i * g.c_out + grp * cout_g) * hwo..][..cout_g * hwo],
                     (1, hwo),
                     par,
                 );
