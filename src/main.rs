@@ -9,7 +9,10 @@ use clap::Parser;
 fn main() -> ExitCode {
     // Training allocates and frees activation-sized blocks every op: keep them in the heap
     // instead of mmap/munmap per op (+23 % ResNet-32 train img/s, see longtail-kernels).
-    longtail_kernels::tune_allocator();
+    // LONGTAIL_DEFAULT_MALLOC=1 keeps glibc's defaults (to measure what the tuning gives).
+    if std::env::var_os("LONGTAIL_DEFAULT_MALLOC").is_none() {
+        longtail_kernels::tune_allocator();
+    }
     match cli::run(cli::Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

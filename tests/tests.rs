@@ -302,3 +302,54 @@ fn a_checkpoint_for_another_class_count_is_refused() {
         "shape",
     );
 }
+
+#[test]
+fn bench_train_compares_our_kernels_with_stock_on_both_models() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "bench",
+        "train",
+        "--batch",
+        "4",
+        "--steps",
+        "1",
+        "--stock-steps",
+        "1",
+        "--eval-reps",
+        "1",
+    ];
+    let o = longtail(dir.path(), &args);
+    let out = stdout(&o);
+    assert!(o.status.success(), "{out}{}", stderr(&o));
+    assert!(out.contains("GEMM 1024^3"), "{out}");
+    // The models' own MAC counts: issue #5's 68.9 M (ResNet-32) and 100.4 M (RIDE-3 reduced).
+    for (model, macs) in [("resnet32", "68.9"), ("ride3", "100.4")] {
+        for ops in ["ours", "stock"] {
+            let row = out
+                .lines()
+                .find(|l| l.split_whitespace().take(2).eq([model, ops]))
+                .unwrap_or_else(|| panic!("no {model} {ops} row in:\n{out}"));
+            let cols: Vec<&str> = row.split_whitespace().collect();
+            assert_eq!(cols[2], macs, "{row}");
+            let img_s: f64 = cols[5].parse().unwrap();
+            assert!(img_s > 0.0, "{row}");
+        }
+        // Same weights and data: ours and stock must compute the same losses.
+        let ratio = out
+            .lines()
+            .find(|l| l.starts_with(model) && l.contains("ours/stock"))
+            .unwrap_or_else(|| panic!("no {model} ratio line in:\n{out}"));
+        let diff: f64 = ratio
+            .rsplit("max rel. diff ")
+            .next()
+            .unwrap()
+            .trim_end_matches(')')
+            .parse()
+            .unwrap();
+        assert!(diff < 1e-3, "{ratio}");
+    }
+    assert_fails(
+        &longtail(dir.path(), &["bench", "train", "--models", "vgg16"]),
+        "unknown model `vgg16`",
+    );
+}

@@ -64,6 +64,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "longtail bench train: {threads} threads, batch {} of 3x32x32, 100 classes; median of {} steps (ours) / {} (stock) after 1 warm-up",
         args.batch, args.steps, args.stock_steps
     );
+    println!(
+        "allocator: {}",
+        if longtail_kernels::allocator_tuned() {
+            "glibc tuned for training (longtail_kernels::tune_allocator)"
+        } else {
+            "defaults (LONGTAIL_DEFAULT_MALLOC is set, or not glibc)"
+        }
+    );
     println!("GEMM 1024^3 f32 (gemm crate, {threads} threads): {peak:.1} GFLOP/s = the peak below");
     println!(
         "{:<9} {:<6} {:>9} {:>8} {:>8} {:>11} {:>9} {:>6} {:>10} {:>13}",

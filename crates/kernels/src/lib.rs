@@ -482,18 +482,23 @@ pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> R
 /// its caller's back. Returns whether the settings were applied (false off Linux/glibc).
 pub fn tune_allocator() -> bool {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        // SAFETY: mallopt only changes allocator parameters; it is safe to call at any time.
-        unsafe {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20) == 1
-                && libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX) == 1
-                && libc::mallopt(libc::M_TOP_PAD, 256 << 20) == 1
-        }
-    }
+    // SAFETY: mallopt only changes allocator parameters; it is safe to call at any time.
+    let ok = unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20) == 1
+            && libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX) == 1
+            && libc::mallopt(libc::M_TOP_PAD, 256 << 20) == 1
+    };
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    {
-        false
-    }
+    let ok = false;
+    ALLOCATOR_TUNED.store(ok, std::sync::atomic::Ordering::Relaxed);
+    ok
+}
+
+static ALLOCATOR_TUNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether [`tune_allocator`] has run successfully in this process.
+pub fn allocator_tuned() -> bool {
+    ALLOCATOR_TUNED.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Gives the heap's free memory back to the OS (`malloc_trim`), e.g. between benchmark phases
