@@ -40,6 +40,11 @@ bench-data:
 bench-kernels:
     cargo bench -p longtail-kernels
 
+# Training speed on this CPU (ResNet-32, RIDE-3): our kernels vs candle's stock ops, GFLOP/s,
+# fraction of the measured GEMM peak, peak RSS. Extra flags go to `longtail bench train`.
+bench-train *ARGS:
+    cargo run --release -- bench train {{ARGS}}
+
 # On a machine with an NVIDIA GPU: build with `cuda`, official parity on the GPU, training
 # benchmark (ResNet-32, RIDE-3, ResNeXt-50) and the PyTorch ratio. `just gpu-check bundle`
 # packs it for a GPU machine without Rust; see scripts/gpu-check.sh.
