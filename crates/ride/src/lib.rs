@@ -13,6 +13,8 @@
 //!   with [`RideLoss::begin_epoch`] switching re-weighting on after `reweight_epoch`.
 //! - [`ldam_ce`] and [`ldam_margins`], [`drw_weights`], [`diversity_temperatures`]: the single-model
 //!   LDAM-DRW loss and the constants derived from the class counts.
+//! - [`ExpertRouter`] (stage 2, from a [`RouterConfig`]): the expert-assignment head that lets a
+//!   sample skip the experts it does not need, its loss and the routed prediction.
 //! - [`presets`]: the official recipes ([`presets::PRESETS`], [`presets::preset`]).
 //! - [`RideError`]: what can go wrong when building any of these.
 //!
@@ -34,8 +36,10 @@
 mod error;
 mod loss;
 pub mod presets;
+mod router;
 
 pub use error::RideError;
 pub use loss::{
     diversity_temperatures, drw_weights, ldam_ce, ldam_margins, RideLoss, RideLossConfig,
 };
+pub use router::{ExpertRouter, Routed, RouterConfig, ROUTER_HIDDEN};

@@ -641,3 +641,308 @@ fn ride_loss_in_f64_matches_official_f64_reference() {
         assert!(max < 1e-8, "epoch {epoch}: gradient differs by {max}");
     }
 }
+
+// ---------------------------------------------------------------- stage-2 router (ride.md §4)
+
+mod router {
+    use candle_core::{DType, Device, Tensor};
+    use candle_nn::{VarBuilder, VarMap};
+    use longtail_ride::{ExpertRouter, RideError, RouterConfig};
+
+    type R = Result<(), Box<dyn std::error::Error>>;
+
+    fn cfg(e: usize, d: usize, c: usize, k: usize) -> RouterConfig {
+        RouterConfig {
+            num_experts: e,
+            feature_dim: d,
+            num_classes: c,
+            top_k: k,
+            pos_weight: 100.0,
+        }
+    }
+
+    /// A router with every weight 0 except the shared fc's, set to `fc_w` and `fc_b`.
+    fn router_with_fc(
+        c: &RouterConfig,
+        fc_w: &[f32],
+        fc_b: f32,
+    ) -> Result<(VarMap, ExpertRouter), Box<dyn std::error::Error>> {
+        let vm = VarMap::new();
+        let r = ExpertRouter::new(
+            c,
+            VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu).pp("backbone"),
+        )?;
+        let data = vm.data().lock().unwrap();
+        data["backbone.expert_help_pred_fc.weight"].set(&Tensor::from_slice(
+            fc_w,
+            (1, fc_w.len()),
+            &Device::Cpu,
+        )?)?;
+        data["backbone.expert_help_pred_fc.bias"].set(&Tensor::new(&[fc_b], &Device::Cpu)?)?;
+        drop(data);
+        Ok((vm, r))
+    }
+
+    #[test]
+    fn official_names_shapes_and_seeded_init() -> R {
+        let c = RouterConfig::official(3, 48, 100);
+        assert_eq!((c.top_k, c.pos_weight), (30, 100.0));
+        assert_eq!(RouterConfig::official(3, 1536, 1000).top_k, 50);
+        assert_eq!(
+            RouterConfig::official(3, 48, 10).top_k,
+            10,
+            "k is capped at C (issue #28)"
+        );
+        let (vm, _) = ExpertRouter::seeded(&c, 3, &Device::Cpu)?;
+        let data = vm.data().lock().unwrap();
+        let mut shapes: Vec<(String, Vec<usize>)> = data
+            .iter()
+            .map(|(k, v)| (k.clone(), v.dims().to_vec()))
+            .collect();
+        shapes.sort();
+        assert_eq!(
+            shapes,
+            vec![
+                ("backbone.expert_help_pred_fc.bias".into(), vec![1]),
+                ("backbone.expert_help_pred_fc.weight".into(), vec![1, 46]),
+                (
+                    "backbone.expert_help_pred_hidden_fcs.0.bias".into(),
+                    vec![16]
+                ),
+                (
+                    "backbone.expert_help_pred_hidden_fcs.0.weight".into(),
+                    vec![16, 48]
+                ),
+                (
+                    "backbone.expert_help_pred_hidden_fcs.1.bias".into(),
+                    vec![16]
+                ),
+                (
+                    "backbone.expert_help_pred_hidden_fcs.1.weight".into(),
+                    vec![16, 48]
+                ),
+            ]
+        );
+        // ride.md §3: the EA head adds 1,615 parameters for E = 3.
+        let params: usize = shapes
+            .iter()
+            .map(|(_, s)| s.iter().product::<usize>())
+            .sum();
+        assert_eq!(params, 1615);
+        let w = data["backbone.expert_help_pred_hidden_fcs.0.weight"]
+            .as_tensor()
+            .clone();
+        let std = w.sqr()?.mean_all()?.sqrt()?.to_scalar::<f32>()?;
+        assert!(
+            (std - (2.0f32 / 48.0).sqrt()).abs() < 0.03,
+            "Kaiming std {std}"
+        );
+        let (vm2, _) = ExpertRouter::seeded(&c, 3, &Device::Cpu)?;
+        let w2 = vm2.data().lock().unwrap()["backbone.expert_help_pred_hidden_fcs.0.weight"]
+            .as_tensor()
+            .clone();
+        assert_eq!(
+            w.to_vec2::<f32>()?,
+            w2.to_vec2::<f32>()?,
+            "same seed, same weights"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn targets_mark_a_wrong_ensemble_that_a_larger_one_fixes() -> R {
+        // E = 3, C = 3, label 0 for every sample; rows of [e0, e1, e2] logits.
+        let rows: [[[f32; 3]; 3]; 5] = [
+            [[5., 0., 0.], [0., 0., 0.], [0., 0., 0.]], // right from expert 0 on
+            [[0., 1., 0.], [3., 0., 0.], [0., 0., 0.]], // wrong, fixed by e0+e1
+            [[0., 1., 0.], [0., 1., 0.], [9., 0., 0.]], // fixed only by all three
+            [[0., 1., 0.], [0., 1., 0.], [0., 1., 0.]], // never right
+            [[0., 1., 0.], [3., 0., 0.], [0., 9., 0.]], // right at 2 experts, wrong at 3
+        ];
+        let flat: Vec<f32> = rows.iter().flatten().flatten().copied().collect();
+        let logits = Tensor::from_vec(flat, (5, 3, 3), &Device::Cpu)?;
+        let y = Tensor::new(&[0u32; 5], &Device::Cpu)?;
+        let t = ExpertRouter::targets(&logits, &y)?.to_vec2::<f32>()?;
+        assert_eq!(
+            t,
+            vec![
+                vec![0., 0.],
+                vec![1., 0.],
+                vec![1., 1.],
+                vec![0., 0.],
+                vec![1., 0.]
+            ]
+        );
+        assert!(matches!(
+            ExpertRouter::targets(&logits, &Tensor::new(&[0u32, 0, 3, 0, 0], &Device::Cpu)?),
+            Err(RideError::TargetOutOfRange {
+                index: 2,
+                target: 3,
+                ..
+            })
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn loss_is_bce_with_pos_weight_averaged_over_steps() -> R {
+        // Hidden weights 0 → the logit is fc_w · top-k + fc_b; top-1 only (k = 1).
+        let c = cfg(3, 2, 3, 1);
+        let (_vm, r) = router_with_fc(
+            &c,
+            &[
+                0.5, 0., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0.,
+            ],
+            -1.0,
+        )?;
+        let rows: [[[f32; 3]; 3]; 2] = [
+            [[0., 2., 0.], [4., 0., 0.], [0., 0., 0.]], // t = [1, 0]
+            [[3., 0., 0.], [1., 0., 0.], [0., 0., 1.]], // t = [0, 0]
+        ];
+        let flat: Vec<f32> = rows.iter().flatten().flatten().copied().collect();
+        let logits = Tensor::from_vec(flat, (2, 3, 3), &Device::Cpu)?;
+        let feats = Tensor::ones((2, 3, 2), DType::F32, &Device::Cpu)?;
+        let y = Tensor::new(&[0u32, 0], &Device::Cpu)?;
+        let got = r.loss(&logits, &feats, &y)?.to_scalar::<f32>()? as f64;
+        // Hand computation: x = 0.5·max(running mean) − 1.
+        let sp = |z: f64| (1.0 + z.exp()).ln();
+        let bce = |x: f64, t: f64| 100.0 * t * sp(-x) + (1.0 - t) * sp(x);
+        // sample 0: step 0 mean = [0,2,0] → x = 0; step 1 mean = [2,1,0] → x = 0.
+        // sample 1: step 0 mean = [3,0,0] → x = 0.5; step 1 mean = [2,0,0] → x = 0.
+        let step0 = (bce(0.0, 1.0) + bce(0.5, 0.0)) / 2.0;
+        let step1 = (bce(0.0, 0.0) + bce(0.0, 0.0)) / 2.0;
+        let want = (step0 + step1) / 2.0;
+        assert!((got - want).abs() < 1e-5 * want, "{got} vs {want}");
+        // Finite for huge logits (softplus form, no log(0)).
+        let (_vm, big) = router_with_fc(
+            &c,
+            &[
+                1e4, 0., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0.,
+            ],
+            0.0,
+        )?;
+        assert!(big
+            .loss(&logits, &feats, &y)?
+            .to_scalar::<f32>()?
+            .is_finite());
+        Ok(())
+    }
+
+    #[test]
+    fn routing_runs_later_experts_only_for_unsure_samples() -> R {
+        // Decision: continue iff 2 − top1(running mean) > 0, i.e. while the ensemble is unsure.
+        let c = cfg(3, 2, 3, 1);
+        let (_vm, r) = router_with_fc(
+            &c,
+            &[
+                -1., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0.,
+            ],
+            2.0,
+        )?;
+        // Per sample, per expert logits: sample 0 confident at once, 1 after two experts, 2 never.
+        let table: [[[f32; 3]; 3]; 3] = [
+            [[5., 0., 0.], [0., 0., 7.], [0., 0., 7.]],
+            [[1., 0., 0.], [0., 4., 0.], [0., 0., 9.]],
+            [[1., 0., 0.], [1., 0., 0.], [1., 0., 0.]],
+        ];
+        let mut calls: Vec<(usize, Vec<u32>)> = vec![];
+        let routed = r.route(3, |e, rows: &[u32]| {
+            calls.push((e, rows.to_vec()));
+            let l: Vec<f32> = rows.iter().flat_map(|&i| table[i as usize][e]).collect();
+            Ok((
+                Tensor::from_vec(l, (rows.len(), 3), &Device::Cpu)?,
+                Tensor::ones((rows.len(), 2), DType::F32, &Device::Cpu)?,
+            ))
+        })?;
+        assert_eq!(
+            calls,
+            vec![(0, vec![0, 1, 2]), (1, vec![1, 2]), (2, vec![2])]
+        );
+        // Sample 1: mean of e0+e1 = [0.5, 2, 0] → top1 2 → stop (2 − 2 = 0 is not > 0).
+        assert_eq!(routed.experts_used, vec![1, 2, 3]);
+        let got = routed.logits.to_vec2::<f32>()?;
+        assert_eq!(got[0], vec![5., 0., 0.]);
+        assert_eq!(got[1], vec![0.5, 2., 0.]);
+        assert_eq!(got[2], vec![1., 0., 0.]);
+        Ok(())
+    }
+
+    #[test]
+    fn step_logit_is_fc_of_sorted_top_k_then_relu_hidden_of_normalised_features() -> R {
+        let dev = Device::Cpu;
+        let c = cfg(2, 2, 3, 2);
+        let mut fc = vec![0f32; 18];
+        fc[0] = 0.5; // top-1
+        fc[1] = 0.25; // top-2
+        fc[2] = 2.0; // hidden 0
+        fc[3] = 7.0; // hidden 1 (clipped by the ReLU below)
+        let (vm, r) = router_with_fc(&c, &fc, 0.0)?;
+        let data = vm.data().lock().unwrap();
+        let mut w = vec![0f32; 32];
+        w[0] = 1.0; // hidden 0 reads feature 0
+        w[3] = 1.0; // hidden 1 reads feature 1
+        data["backbone.expert_help_pred_hidden_fcs.0.weight"].set(&Tensor::from_vec(
+            w,
+            (16, 2),
+            &dev,
+        )?)?;
+        let mut b = vec![0f32; 16];
+        b[0] = 0.1;
+        b[1] = -1.0;
+        data["backbone.expert_help_pred_hidden_fcs.0.bias"].set(&Tensor::from_vec(b, 16, &dev)?)?;
+        drop(data);
+        // features [3, 4] → [0.6, 0.8]; hidden = relu([0.7, −0.2]) = [0.7, 0]; top-2 of [1, 3, 2] = [3, 2].
+        let x = r.step_logits(
+            0,
+            &Tensor::new(&[[3f32, 4.]], &dev)?,
+            &Tensor::new(&[[1f32, 3., 2.]], &dev)?,
+        )?;
+        let got = x.to_vec1::<f32>()?[0];
+        assert!(
+            (got - (0.5 * 3.0 + 0.25 * 2.0 + 2.0 * 0.7)).abs() < 1e-6,
+            "{got}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn bad_settings_and_shapes_are_typed_errors() -> R {
+        let dev = Device::Cpu;
+        let vb = || VarBuilder::zeros(DType::F32, &dev);
+        assert!(matches!(
+            ExpertRouter::new(&cfg(1, 4, 5, 2), vb()),
+            Err(RideError::OutOfRange {
+                field: "num_experts",
+                ..
+            })
+        ));
+        assert!(matches!(
+            ExpertRouter::new(&cfg(3, 4, 5, 6), vb()),
+            Err(RideError::OutOfRange { field: "top_k", .. })
+        ));
+        let mut bad = cfg(3, 4, 5, 2);
+        bad.pos_weight = f64::NAN;
+        assert!(matches!(
+            ExpertRouter::new(&bad, vb()),
+            Err(RideError::NonFinite {
+                field: "pos_weight",
+                ..
+            })
+        ));
+        let r = ExpertRouter::new(&cfg(3, 4, 5, 2), vb())?;
+        let f = Tensor::zeros((2, 3), DType::F32, &dev)?;
+        let m = Tensor::zeros((2, 5), DType::F32, &dev)?;
+        assert!(matches!(
+            r.step_logits(0, &f, &m),
+            Err(RideError::Shape {
+                what: "features",
+                ..
+            })
+        ));
+        assert!(matches!(
+            r.step_logits(2, &f, &m),
+            Err(RideError::OutOfRange { .. })
+        ));
+        Ok(())
+    }
+}
