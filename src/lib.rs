@@ -9,6 +9,7 @@ pub mod bench;
 pub mod config;
 pub mod device;
 pub mod methods;
+pub mod router;
 pub mod run;
 pub mod shift;
 pub mod uncertainty;

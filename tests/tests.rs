@@ -353,3 +353,87 @@ fn bench_train_compares_our_kernels_with_stock_on_both_models() {
         "unknown model `vgg16`",
     );
 }
+
+/// RIDE stage 2 end to end: a trained RIDE run gets a router file, routed and all-experts
+/// accuracy and the experts-used split; `--eval-only` reads the saved router back and prints the
+/// same numbers; a one-expert run is refused with one clear line.
+#[test]
+fn route_trains_saves_and_reevaluates_the_stage_two_router() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(dir.path(), "ride", 2, 30);
+    let o = longtail(
+        dir.path(),
+        &[
+            "train",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--out",
+            "run",
+            "--quiet",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let route = |extra: &[&str]| {
+        let mut args = vec![
+            "route",
+            "--checkpoint",
+            "run",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "32",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let o = longtail(dir.path(), &args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_str::<serde_json::Value>(&stdout(&o)).unwrap()
+    };
+    let trained = route(&[]);
+    assert!(dir.path().join("run/router.safetensors").exists());
+    let used: Vec<f64> = trained["used"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(used.len(), 3);
+    assert!((used.iter().sum::<f64>() - 1.0).abs() < 1e-9, "{used:?}");
+    let mean = trained["mean_experts"].as_f64().unwrap();
+    assert!((1.0..=3.0).contains(&mean), "{mean}");
+    // Compute follows the split: trunk + experts used, between one expert and all of them.
+    let (routed, all) = (
+        trained["routed_macs"].as_f64().unwrap(),
+        trained["all_macs"].as_f64().unwrap(),
+    );
+    assert!(
+        routed <= all * (1.0 + 1e-12) && routed > 0.0,
+        "{routed} vs {all}"
+    );
+    assert_eq!(trained["routed"]["samples"], 60);
+    // The all-experts numbers are those of `longtail eval`.
+    let o = longtail(dir.path(), &["eval", "--checkpoint", "run", "--json"]);
+    let ev: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(trained["all_experts"]["accuracy"], ev["accuracy"]);
+    // Read back: identical results.
+    let again = route(&["--eval-only"]);
+    assert_eq!(again, trained);
+
+    let ce = tiny_config(dir.path(), "ce", 1, 30);
+    let o = longtail(
+        dir.path(),
+        &[
+            "train",
+            "--config",
+            ce.to_str().unwrap(),
+            "--out",
+            "ce",
+            "--quiet",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_fails(
+        &longtail(dir.path(), &["route", "--checkpoint", "ce"]),
+        "routing needs a multi-expert model",
+    );
+}

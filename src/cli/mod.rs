@@ -11,6 +11,7 @@ pub mod export;
 pub mod import;
 pub mod presets;
 pub mod pull;
+pub mod route;
 pub mod train;
 
 /// Train and evaluate long-tailed multi-expert classifiers (RIDE, SADE, TLC).
@@ -38,6 +39,8 @@ pub enum Command {
     Export(export::Args),
     /// Convert an official RIDE / SADE / TLC state dict (safetensors) into a checkpoint folder.
     Import(import::Args),
+    /// RIDE stage 2: learn the router that lets an image skip experts it does not need.
+    Route(route::Args),
     /// Measure training speed on this CPU: our kernels vs candle's stock ops (`bench train`).
     Bench(bench::Args),
 }
@@ -53,5 +56,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Export(args) => export::run(args),
         Command::Import(args) => import::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Route(args) => route::run(args),
     }
 }
