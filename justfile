@@ -5,6 +5,11 @@
 train-ride *ARGS:
     cargo run --release -- train --method ride --compare-ce {{ARGS}}
 
+# RIDE stage 2 on the run `just train-ride` wrote: learn the router that lets an image skip
+# experts, then print routed vs all-experts accuracy, experts used per image and compute.
+route-ride *ARGS:
+    cargo run --release -- route --checkpoint runs/ride.fmnist-lt-seed0 {{ARGS}}
+
 # Train TLC (evidential experts, uncertainty fusion) on the bundled set, then report its
 # uncertainty (failure AUROC, ECE, AURC) and the early-exit accuracy / compute curve, with plots.
 train-tlc *ARGS:
