@@ -133,7 +133,7 @@ run_checks() {
 }
 
 # `just train-ride` on the GPU: RIDE and the CE baseline on the bundled data, then the eval
-# of the RIDE run, timed (the run directory stays in $GPU_CHECK_RUNS, default /tmp).
+# of the RIDE run and its stage-2 router (`longtail route`), timed (the run directory stays in $GPU_CHECK_RUNS, default /tmp).
 train_end_to_end() {
     local cli="$1" runs="${GPU_CHECK_RUNS:-/tmp}/gpu-check-runs" t0
     rm -rf "$runs"
@@ -146,6 +146,10 @@ train_end_to_end() {
     timeout 120 "$cli" eval --checkpoint "$runs/ride" --device cuda --uncertainty 2>&1 |
         tee -a "$OUT/train.log" || log "eval failed or timed out"
     log "eval took $(($(date +%s) - t0)) s"
+    t0=$(date +%s)
+    timeout 120 "$cli" route --checkpoint "$runs/ride" --device cuda 2>&1 |
+        tee -a "$OUT/train.log" || log "route failed or timed out"
+    log "route (RIDE stage 2) took $(($(date +%s) - t0)) s"
     cp "$runs/ride/metrics.jsonl" "$OUT/ride-metrics.jsonl" 2>/dev/null || true
 }
 
