@@ -6,7 +6,7 @@ mod util;
 use util::{assert_fails, longtail, stderr, stdout, write_idx};
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 
 /// A Fashion-MNIST-shaped IDX directory: `per_class` train and 6 test images per class, each
 /// class a different bright square position on a dark background plus deterministic noise.
@@ -68,6 +68,24 @@ fn tiny_config(dir: &Path, method: &str, epochs: usize, per_class: usize) -> Pat
     path
 }
 
+/// Trains `method` on [`tiny_config`] data into `dir/out` and asserts that it succeeded.
+fn train_tiny(dir: &Path, method: &str, epochs: usize, per_class: usize, out: &str) -> Output {
+    let cfg = tiny_config(dir, method, epochs, per_class);
+    let o = longtail(
+        dir,
+        &[
+            "train",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--out",
+            out,
+            "--quiet",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    o
+}
+
 #[test]
 fn data_prints_the_bundled_statistics() {
     let dir = tempfile::tempdir().unwrap();
@@ -93,19 +111,7 @@ fn data_prints_the_bundled_statistics() {
 #[test]
 fn train_then_eval_prints_groups_and_json() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = tiny_config(dir.path(), "ride", 2, 30);
-    let o = longtail(
-        dir.path(),
-        &[
-            "train",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--out",
-            "run",
-            "--quiet",
-        ],
-    );
-    assert!(o.status.success(), "{}", stderr(&o));
+    let o = train_tiny(dir.path(), "ride", 2, 30, "run");
     let run = dir.path().join("run");
     for f in ["last.safetensors", "config.toml", "metrics.jsonl"] {
         assert!(run.join(f).exists(), "{f}");
@@ -260,19 +266,7 @@ fn bad_input_gets_one_clear_line_and_exit_2() {
 #[test]
 fn a_checkpoint_for_another_class_count_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = tiny_config(dir.path(), "ce", 1, 20);
-    let o = longtail(
-        dir.path(),
-        &[
-            "train",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--out",
-            "run",
-            "--quiet",
-        ],
-    );
-    assert!(o.status.success(), "{}", stderr(&o));
+    train_tiny(dir.path(), "ce", 1, 20, "run");
     // The run's own config says fmnist with 10 classes; CIFAR-100-LT has 100.
     let o = longtail(
         dir.path(),
@@ -360,19 +354,7 @@ fn bench_train_compares_our_kernels_with_stock_on_both_models() {
 #[test]
 fn route_trains_saves_and_reevaluates_the_stage_two_router() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = tiny_config(dir.path(), "ride", 2, 30);
-    let o = longtail(
-        dir.path(),
-        &[
-            "train",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--out",
-            "run",
-            "--quiet",
-        ],
-    );
-    assert!(o.status.success(), "{}", stderr(&o));
+    train_tiny(dir.path(), "ride", 2, 30, "run");
     let route = |extra: &[&str]| {
         let mut args = vec![
             "route",
@@ -419,19 +401,7 @@ fn route_trains_saves_and_reevaluates_the_stage_two_router() {
     let again = route(&["--eval-only"]);
     assert_eq!(again, trained);
 
-    let ce = tiny_config(dir.path(), "ce", 1, 30);
-    let o = longtail(
-        dir.path(),
-        &[
-            "train",
-            "--config",
-            ce.to_str().unwrap(),
-            "--out",
-            "ce",
-            "--quiet",
-        ],
-    );
-    assert!(o.status.success(), "{}", stderr(&o));
+    train_tiny(dir.path(), "ce", 1, 30, "ce");
     assert_fails(
         &longtail(dir.path(), &["route", "--checkpoint", "ce"]),
         "routing needs a multi-expert model",

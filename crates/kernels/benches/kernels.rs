@@ -134,7 +134,7 @@ fn bench_gemm(reps: usize) -> f64 {
         "\n== GEMM (gemm 0.19, f32, {} rayon threads)",
         rayon::current_num_threads()
     );
-    let peak = gemm_gflops(1024, 1024, 1024, 1, reps);
+    let peak = lk::gemm_peak_gflops(1024, reps);
     println!(
         "{:<44} {:>8.1} GFLOP/s   <- peak used below",
         "1024x1024x1024", peak

@@ -127,7 +127,7 @@ fn split(items: usize) -> (bool, Parallelism) {
 /// Checks that every view fits its slice, so the unsafe `gemm` call cannot read or write out of
 /// bounds.
 #[allow(clippy::too_many_arguments)]
-fn sgemm(
+pub(crate) fn sgemm(
     (m, n, k): (usize, usize, usize),
     dst: &mut [f32],
     (dst_rs, dst_cs): (usize, usize),

@@ -523,30 +523,17 @@ pub fn gemm_peak_gflops(n: usize, reps: usize) -> f64 {
     let mut times = Vec::with_capacity(reps + 1);
     for rep in 0..=reps.max(1) {
         let t = std::time::Instant::now();
-        // SAFETY: a, b, c are n×n row-major and distinct.
-        unsafe {
-            gemm::gemm(
-                n,
-                n,
-                n,
-                c.as_mut_ptr(),
-                1,
-                n as isize,
-                false,
-                a.as_ptr(),
-                1,
-                n as isize,
-                b.as_ptr(),
-                1,
-                n as isize,
-                1.0f32,
-                1.0f32,
-                false,
-                false,
-                false,
-                par,
-            )
-        }
+        conv::sgemm(
+            (n, n, n),
+            &mut c,
+            (n, 1),
+            false,
+            &a,
+            (n, 1),
+            &b,
+            (n, 1),
+            par,
+        );
         if rep > 0 {
             times.push(t.elapsed().as_secs_f64());
         }
