@@ -406,4 +406,53 @@ fn route_trains_saves_and_reevaluates_the_stage_two_router() {
         &longtail(dir.path(), &["route", "--checkpoint", "ce"]),
         "routing needs a multi-expert model",
     );
+    // A router file that does not fit the model, or is not a router at all, is refused.
+    let o = longtail(
+        dir.path(),
+        &[
+            "train",
+            "--config",
+            "ride.toml",
+            "--experts",
+            "2",
+            "--out",
+            "two",
+            "--epochs",
+            "1",
+            "--quiet",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    std::fs::copy(
+        dir.path().join("run/router.safetensors"),
+        dir.path().join("two/router.safetensors"),
+    )
+    .unwrap();
+    assert_fails(
+        &longtail(dir.path(), &["route", "--checkpoint", "two", "--eval-only"]),
+        "routes 3 experts over 10 classes, but the model has 2 experts",
+    );
+    std::fs::copy(
+        dir.path().join("two/last.safetensors"),
+        dir.path().join("two/router.safetensors"),
+    )
+    .unwrap();
+    assert_fails(
+        &longtail(dir.path(), &["route", "--checkpoint", "two", "--eval-only"]),
+        "is not a router file",
+    );
+    assert_fails(
+        &longtail(
+            dir.path(),
+            &[
+                "route",
+                "--checkpoint",
+                "run",
+                "--eval-only",
+                "--out",
+                "nowhere",
+            ],
+        ),
+        "nowhere/router.safetensors",
+    );
 }
