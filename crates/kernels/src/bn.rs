@@ -6,7 +6,7 @@
 //! eight f32 lanes within a plane and f64 across planes, so accuracy does not degrade with
 //! the batch size.
 
-use crate::cpu_slice;
+use crate::{cpu_slice, par_collect};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::{Arc, OnceLock};
@@ -81,25 +81,21 @@ fn affine_planes(
     shift: &[f32],
     relu: bool,
 ) -> Vec<f32> {
-    let mut y = vec![0f32; x.len()];
     if s == 0 {
-        return y;
+        return vec![0f32; x.len()];
     }
-    y.par_chunks_mut(s)
-        .zip(x.par_chunks(s))
-        .enumerate()
-        .with_min_len(min_planes(s))
-        .for_each(|(pi, (yp, xp))| {
-            let (a, b) = (scale[pi % c], shift[pi % c]);
+    par_collect(x.len(), s, min_planes(s), |pi| {
+        let (a, b) = (scale[pi % c], shift[pi % c]);
+        // `relu` is loop-invariant: the compiler splits the loop in two.
+        x[pi * s..][..s].iter().map(move |&x| {
+            let v = x * a + b;
             if relu {
-                yp.iter_mut()
-                    .zip(xp)
-                    .for_each(|(y, &x)| *y = (x * a + b).max(0.0));
+                v.max(0.0)
             } else {
-                yp.iter_mut().zip(xp).for_each(|(y, &x)| *y = x * a + b);
+                v
             }
-        });
-    y
+        })
+    })
 }
 
 /// What a batch-norm forward computed and its backward needs: the statistics used to normalise.
@@ -290,22 +286,21 @@ impl CustomOp3 for BatchNormBwd {
             }
         }
         let _ = self.param_grads.set((dgamma, dbeta));
-        let mut dx = vec![0f32; x.len()];
-        if s > 0 {
-            dx.par_chunks_mut(s)
-                .enumerate()
-                .with_min_len(min_planes(s))
-                .for_each(|(pi, dp)| {
-                    let (a, b, k) = coef[pi % c];
-                    let o = pi * s;
-                    let planes = (&x[o..o + s], &y[o..o + s], &dy[o..o + s]);
-                    if relu {
-                        plane_dx::<true>(dp, planes, a, b, k);
-                    } else {
-                        plane_dx::<false>(dp, planes, a, b, k);
-                    }
-                });
-        }
+        let dx = if s == 0 {
+            vec![]
+        } else {
+            par_collect(x.len(), s, min_planes(s), |pi| {
+                let (a, b, k) = coef[pi % c];
+                let o = pi * s;
+                x[o..o + s].iter().zip(&y[o..o + s]).zip(&dy[o..o + s]).map(
+                    move |((&x, &y), &g)| {
+                        // dx = a·g + b·x + k, g zeroed where the fused ReLU clipped.
+                        let g = if relu && y <= 0.0 { 0.0 } else { g };
+                        a * g + b * x + k
+                    },
+                )
+            })
+        };
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
@@ -345,19 +340,6 @@ fn plane_sums<const RELU: bool>((x, y, g): (&[f32], &[f32], &[f32]), m: f32) -> 
     (a1.iter().sum::<f32>() + r1, a2.iter().sum::<f32>() + r2)
 }
 
-/// `dx = a·g + b·x + k` over one plane.
-fn plane_dx<const RELU: bool>(
-    dx: &mut [f32],
-    (x, y, g): (&[f32], &[f32], &[f32]),
-    a: f32,
-    b: f32,
-    k: f32,
-) {
-    for (((d, x), y), g) in dx.iter_mut().zip(x).zip(y).zip(g) {
-        *d = a * masked::<RELU>(*g, *y) + b * x + k;
-    }
-}
-
 /// `max(a + b, 0)`: the residual join of a ResNet block. Its backward is [`ReluMask`].
 pub(crate) struct AddRelu;
 
@@ -375,14 +357,13 @@ impl CustomOp2 for AddRelu {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let a = cpu_slice(s1, l1)?;
         let b = cpu_slice(s2, l2)?;
-        let mut y = vec![0f32; a.len()];
-        y.par_chunks_mut(8192)
-            .zip(a.par_chunks(8192).zip(b.par_chunks(8192)))
-            .for_each(|(yc, (ac, bc))| {
-                for ((y, a), b) in yc.iter_mut().zip(ac).zip(bc) {
-                    *y = (a + b).max(0.0);
-                }
-            });
+        let y = par_collect(a.len(), 8192, 1, |i| {
+            let r = i * 8192..(i * 8192 + 8192).min(a.len());
+            a[r.clone()]
+                .iter()
+                .zip(&b[r])
+                .map(|(a, b)| (a + b).max(0.0))
+        });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -415,14 +396,13 @@ impl CustomOp2 for ReluMask {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let g = cpu_slice(s1, l1)?;
         let y = cpu_slice(s2, l2)?;
-        let mut out = vec![0f32; g.len()];
-        out.par_chunks_mut(8192)
-            .zip(g.par_chunks(8192).zip(y.par_chunks(8192)))
-            .for_each(|(oc, (gc, yc))| {
-                for ((o, g), y) in oc.iter_mut().zip(gc).zip(yc) {
-                    *o = if *y > 0.0 { *g } else { 0.0 };
-                }
-            });
+        let out = par_collect(g.len(), 8192, 1, |i| {
+            let r = i * 8192..(i * 8192 + 8192).min(g.len());
+            g[r.clone()]
+                .iter()
+                .zip(&y[r])
+                .map(|(g, y)| if *y > 0.0 { *g } else { 0.0 })
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
