@@ -16,6 +16,7 @@
 #   bash .ci/cuda.sh            # install (once) and `cargo build --features cuda`
 #   bash .ci/cuda.sh env        # install (once) and print the `export` lines, for `eval`
 #   bash .ci/cuda.sh build ARGS # install (once) and `cargo build --features cuda ARGS`
+#   bash .ci/cuda.sh cudnn-stub # also a cuDNN link stub, for `--features cudnn` builds
 #
 # Env: LONGTAIL_CUDA_VENV (default $HOME/.cache/longtail/cuda-13.0), CUDA_COMPUTE_CAP
 # (default 90: H100/H200; candle-kernels would otherwise ask nvidia-smi).
@@ -86,10 +87,27 @@ export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
 EOT
 }
 
+# A link stub for cuDNN 9 (only for `--features cudnn` builds, e.g. GPU_CHECK_FEATURES=cudnn in
+# scripts/gpu-check.sh; CI does not build cudnn): the same recipe as the stubs above.
+cudnn_stub() {
+    local root src stubs
+    root="$("$VENV/bin/python" -c 'import os, nvidia; print(os.path.join(list(nvidia.__path__)[0], "cu13"))')"
+    stubs="$root/lib/stubs"
+    [ -f "$stubs/libcudnn.so" ] && return
+    src="$(find "${CARGO_HOME:-$HOME/.cargo}/registry/src" -maxdepth 2 -type d -name "cudarc-$CUDARC_VERSION" | head -n1)"
+    grep -ohE '^pub unsafe fn [A-Za-z0-9_]+\(' "$src/src/cudnn/sys/mod.rs" |
+        sed -E 's/^pub unsafe fn ([A-Za-z0-9_]+)\(/void \1(void) {}/' | sort -u >"$stubs/cudnn.c"
+    test -s "$stubs/cudnn.c"
+    cc -shared -fPIC -o "$stubs/libcudnn.so" -Wl,-soname,libcudnn.so.9 "$stubs/cudnn.c"
+}
+
 install
 case "${1:-build}" in
 env)
     exports
+    ;;
+cudnn-stub)
+    cudnn_stub
     ;;
 build)
     shift || true
@@ -104,7 +122,7 @@ build)
     echo "cuda.sh: cargo build --features cuda $* took $(($(date +%s) - start)) s"
     ;;
 *)
-    echo "usage: .ci/cuda.sh [env|build [cargo args]]" >&2
+    echo "usage: .ci/cuda.sh [env|build [cargo args]|cudnn-stub]" >&2
     exit 2
     ;;
 esac

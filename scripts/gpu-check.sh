@@ -20,7 +20,8 @@
 #
 # Env: OUT (results directory; default target/gpu-check), CUDA_COMPUTE_CAP (default: from
 # nvidia-smi, else 90), GPU_CHECK_ARGS (extra flags for gpu_check, e.g. "--tf32"),
-# GPU_CHECK_PROFILE (release, the default, or dev: reuse .ci/cuda.sh's warm target dir).
+# GPU_CHECK_PROFILE (release, the default, or dev: reuse .ci/cuda.sh's warm target dir),
+# GPU_CHECK_FEATURES (cuda, the default, or cudnn: candle's cuDNN convolutions).
 # The bundle's binary links libcuda.so.1 (the driver) and the CUDA 13 libcudart/cublas/cublasLt/
 # curand/nvrtc dynamically; run-bundle finds them under /usr/local/cuda* or in Python's
 # nvidia/cu13 wheels (PyTorch's), and says which one is missing otherwise.
@@ -67,14 +68,19 @@ build() {
         eval "$(bash .ci/cuda.sh env)"
     fi
     log "building with $(nvcc --version | grep -o 'release [0-9.]*'), compute capability $CUDA_COMPUTE_CAP" >&2
+    local features=cuda
+    if [ "${GPU_CHECK_FEATURES:-cuda}" = cudnn ]; then
+        features=cudnn
+        bash .ci/cuda.sh cudnn-stub >&2
+    fi
     if [ "${GPU_CHECK_PROFILE:-release}" = dev ]; then
         # The dev profile (dependencies at opt-level 3) in .ci/cuda.sh's target dir, where CI keeps
         # candle's CUDA kernels compiled: minutes instead of a cold ~25-minute release build.
-        bash .ci/cuda.sh build --example gpu_check --bin longtail >&2
+        bash .ci/cuda.sh build --features "$features" --example gpu_check --bin longtail >&2
         echo "${LONGTAIL_CUDA_TARGET:-$HOME/.cache/longtail/cuda-target}/debug/examples/gpu_check"
         return
     fi
-    cargo build --release --features cuda --example gpu_check --bin longtail >&2
+    cargo build --release --features "$features" --example gpu_check --bin longtail >&2
     echo "$repo/target/release/examples/gpu_check"
 }
 
