@@ -64,6 +64,13 @@ pub fn run(args: Args) -> Result<()> {
             args.checkpoint.display()
         );
     }
+    let method = loaded.config.method.name();
+    if method != "ride" && !args.json {
+        println!(
+            "note: routing is RIDE's stage 2; on this {method} run it routes over the mean of the \
+             expert logits, which is not {method}'s own prediction rule"
+        );
+    }
     let out = match (&args.out, args.checkpoint.is_dir()) {
         (Some(o), _) => o.clone(),
         (None, true) => args.checkpoint.clone(),
