@@ -471,7 +471,7 @@ fn presets_hold_official_values() {
             f.optim.epochs,
             f.optim.warmup_epochs
         ),
-        (Some(1), 1, 12, 1)
+        (Some(1), 1, 48, 2)
     );
 }
 
