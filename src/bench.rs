@@ -55,10 +55,8 @@ pub fn models() -> Vec<Model> {
 pub struct Settings {
     /// Images per step.
     pub batch: usize,
-    /// Timed steps with our kernels (after one warm-up step).
+    /// Timed training steps (after one warm-up step).
     pub steps: usize,
-    /// Timed steps with candle's stock ops (0 skips them; they are ~8× slower).
-    pub stock_steps: usize,
     /// Timed eval forwards per kernel choice.
     pub eval_reps: usize,
 }

@@ -55,7 +55,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let settings = Settings {
         batch: args.batch,
         steps: args.steps,
-        stock_steps: args.stock_steps,
         eval_reps: args.eval_reps,
     };
     let threads = rayon::current_num_threads();
