@@ -11,7 +11,7 @@ use longtail::train::{FitSummary, Progress};
 /// Arguments of `longtail train`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
-    /// Method: ce or ride. With --dataset it picks the preset `<method>.<dataset>`.
+    /// Method: ce, ride, sade or tlc. With --dataset it picks the preset `<method>.<dataset>`.
     #[arg(long, default_value = "ride")]
     pub method: String,
     /// A named preset (see `longtail presets`); overrides --method/--dataset's choice.
