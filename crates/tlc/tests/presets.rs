@@ -56,4 +56,9 @@ fn cifar_schedule_matches_the_official_lambda_lr() {
         (fm.input_shape, fm.stage_blocks.clone()),
         ([1, 28, 28], vec![1, 1, 1])
     );
+    // DRW and the lr drop start together, at epoch 25 of 32.
+    assert_eq!((fm.epochs, fm.loss.reweight_epoch), (32, 24));
+    assert!(
+        (fm.learning_rate(24) - 0.1).abs() < 1e-12 && (fm.learning_rate(25) - 0.01).abs() < 1e-12
+    );
 }
