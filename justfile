@@ -1,23 +1,27 @@
 # Recipes for longtail. Every recipe also works without `just` as a cargo alias
 # (.cargo/config.toml): `cargo train-ride`, `cargo train-ce`, …
+# `just --list` shows the one-line comment right above each recipe.
 
-# Train RIDE-3 on the bundled Fashion-MNIST-LT set, then the CE baseline of the same recipe, and compare.
+# Train RIDE-3 on the bundled Fashion-MNIST-LT set, then the CE baseline, and compare them.
 train-ride *ARGS:
     cargo run --release -- train --method ride --compare-ce {{ARGS}}
 
-# RIDE stage 2 on the run `just train-ride` wrote: learn the router that lets an image skip
-# experts, then print routed vs all-experts accuracy, experts used per image and compute.
+# (Needs the run `just train-ride` wrote.) Prints routed vs all-experts accuracy, experts used
+# per image and the compute saved.
+# RIDE stage 2: learn the router that lets an image skip experts it does not need.
 route-ride *ARGS:
     cargo run --release -- route --checkpoint runs/ride.fmnist-lt-seed0 {{ARGS}}
 
-# Train TLC (evidential experts, uncertainty fusion) on the bundled set, then report its
-# uncertainty (failure AUROC, ECE, AURC) and the early-exit accuracy / compute curve, with plots.
+# Then reports its uncertainty (failure AUROC, ECE, AURC) and the early-exit accuracy / compute
+# curve, with plots in runs/tlc-fmnist/plots.
+# Train TLC (evidential experts, uncertainty fusion) on the bundled set and evaluate uncertainty.
 train-tlc *ARGS:
     cargo run --release -- train --method tlc --out runs/tlc-fmnist {{ARGS}}
     cargo run --release -- eval --checkpoint runs/tlc-fmnist --uncertainty --plot-dir runs/tlc-fmnist/plots
 
-# Train SADE (three skill-diverse experts) on the bundled set, then evaluate it under the eleven
-# test class distributions: plain averaging vs test-time aggregation, table and plot.
+# Then evaluates it under the eleven test class distributions: plain averaging vs test-time
+# aggregation, table and plot in runs/sade-fmnist/plots.
+# Train SADE (three skill-diverse experts) on the bundled set and evaluate under label shift.
 train-sade *ARGS:
     cargo run --release -- train --preset sade.fmnist-lt --out runs/sade-fmnist {{ARGS}}
     cargo run --release -- eval --checkpoint runs/sade-fmnist --test-dist all --plot-dir runs/sade-fmnist/plots
@@ -38,20 +42,23 @@ presets:
 test:
     cargo test --workspace
 
-# Benchmarks.
+# Benchmark of data loading and augmentation (images per second).
 bench-data:
     cargo bench -p longtail-data
 
+# Benchmark of the CPU kernels layer by layer (GEMM, conv, batch norm, a stand-alone ResNet-32).
 bench-kernels:
     cargo bench -p longtail-kernels
 
-# Training speed on this CPU (ResNet-32, RIDE-3): our kernels vs candle's stock ops, GFLOP/s,
-# fraction of the measured GEMM peak, peak RSS. Extra flags go to `longtail bench train`.
+# Reports GFLOP/s, the fraction of the measured GEMM peak and peak RSS; extra flags go to
+# `longtail bench train`.
+# Training speed on this CPU (ResNet-32, RIDE-3): our kernels vs candle's stock ops.
 bench-train *ARGS:
     cargo run --release -- bench train {{ARGS}}
 
-# On a machine with an NVIDIA GPU: build with `cuda`, official parity on the GPU, training
-# benchmark (ResNet-32, RIDE-3, ResNeXt-50) and the PyTorch ratio. `just gpu-check bundle`
-# packs it for a GPU machine without Rust; see scripts/gpu-check.sh.
+# Builds with `cuda`, runs the official parity on the GPU, the training benchmark (ResNet-32,
+# RIDE-3, ResNeXt-50) and the PyTorch ratio; `just gpu-check bundle` packs it for a GPU machine
+# without Rust (see scripts/gpu-check.sh).
+# GPU check on a machine with an NVIDIA GPU.
 gpu-check *ARGS:
     bash scripts/gpu-check.sh {{ARGS}}
