@@ -585,12 +585,12 @@ fn presets_hold_official_values() {
     );
     assert_eq!(
         (f.optim.epochs, f.optim.warmup_epochs, f.loss.reweight_epoch),
-        (12, 1, Some(8))
+        (48, 2, Some(32))
     );
     assert_eq!(
         f.optim.schedule,
         LrSchedule::Steps {
-            milestones: vec![8, 10],
+            milestones: vec![32, 40],
             gamma: 0.1
         }
     );
