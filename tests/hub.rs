@@ -2,7 +2,7 @@
 //! imported and `hf://` checkpoints (issue #8), each in a fresh temp dir.
 
 mod util;
-use util::{stderr, stdout};
+use util::{stderr, stdout, write_tiny_idx, TinyIdx};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -62,53 +62,19 @@ fn fixtures_dir() -> PathBuf {
     );
 }
 
-fn write_idx(path: &Path, dims: &[u32], data: &[u8]) {
-    let mut bytes = vec![0u8, 0, 8, dims.len() as u8];
-    for d in dims {
-        bytes.extend(d.to_be_bytes());
-    }
-    bytes.extend(data);
-    std::fs::write(path, bytes).unwrap();
-}
-
 /// A tiny Fashion-MNIST-shaped IDX directory (12×12, 10 classes, 20 train / 6 test per class).
 fn tiny_idx(dir: &Path) -> PathBuf {
-    let d = dir.join("idx");
-    std::fs::create_dir_all(&d).unwrap();
-    let mut state = 11u64;
-    let mut make = |n: usize| {
-        let (mut images, mut labels) = (vec![], vec![]);
-        for i in 0..n * 10 {
-            let c = i % 10;
-            let (cy, cx) = ((c / 4) * 4, (c % 4) * 3);
-            for y in 0..12 {
-                for x in 0..12 {
-                    state = state
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    let inside = y >= cy && y < cy + 4 && x >= cx && x < cx + 3;
-                    images.push(if inside { 220 } else { 20 } + (state >> 60) as u8);
-                }
-            }
-            labels.push(c as u8);
-        }
-        (images, labels)
+    let spec = TinyIdx {
+        side: 12,
+        train_per_class: 20,
+        test_per_class: 6,
+        seed: 11,
+        bright: 220,
+        dark: 20,
+        noise_shift: 60,
+        invert: false,
     };
-    let (ti, tl) = make(20);
-    write_idx(
-        &d.join("train-images-idx3-ubyte"),
-        &[tl.len() as u32, 12, 12],
-        &ti,
-    );
-    write_idx(&d.join("train-labels-idx1-ubyte"), &[tl.len() as u32], &tl);
-    let (vi, vl) = make(6);
-    write_idx(
-        &d.join("t10k-images-idx3-ubyte"),
-        &[vl.len() as u32, 12, 12],
-        &vi,
-    );
-    write_idx(&d.join("t10k-labels-idx1-ubyte"), &[vl.len() as u32], &vl);
-    d
+    write_tiny_idx(dir, "idx", &spec)
 }
 
 /// Trains `ride.fmnist-lt` on the tiny data for one epoch with one block per stage into `run`.

@@ -3,50 +3,24 @@
 //! on a RIDE checkpoint. Each test runs in a fresh temp dir.
 
 mod util;
-use util::{longtail, stderr, stdout, write_idx};
+use util::{longtail, stderr, stdout, write_tiny_idx, TinyIdx};
 
 use std::path::{Path, PathBuf};
 
 /// A Fashion-MNIST-shaped IDX directory of 12×12 images: `per_class` train and `test_per_class`
 /// test images per class, each class a bright block at its own position plus noise.
 fn tiny_idx(dir: &Path, per_class: usize, test_per_class: usize) -> PathBuf {
-    let d = dir.join("idx");
-    std::fs::create_dir_all(&d).unwrap();
-    let side = 12usize;
-    let mut state = 11u64;
-    let mut make = |n: usize| {
-        let (mut images, mut labels) = (vec![], vec![]);
-        for i in 0..n * 10 {
-            let c = i % 10;
-            let (cy, cx) = ((c / 4) * 4, (c % 4) * 3);
-            for y in 0..side {
-                for x in 0..side {
-                    state = state
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    let inside = y >= cy && y < cy + 4 && x >= cx && x < cx + 3;
-                    images.push(if inside { 200 } else { 30 } + (state >> 59) as u8);
-                }
-            }
-            labels.push(c as u8);
-        }
-        (images, labels)
+    let spec = TinyIdx {
+        side: 12,
+        train_per_class: per_class,
+        test_per_class,
+        seed: 11,
+        bright: 200,
+        dark: 30,
+        noise_shift: 59,
+        invert: false,
     };
-    for (prefix, n) in [("train", per_class), ("t10k", test_per_class)] {
-        let (im, lb) = make(n);
-        let count = lb.len() as u32;
-        write_idx(
-            &d.join(format!("{prefix}-images-idx3-ubyte")),
-            &[count, 12, 12],
-            &im,
-        );
-        write_idx(
-            &d.join(format!("{prefix}-labels-idx1-ubyte")),
-            &[count],
-            &lb,
-        );
-    }
-    d
+    write_tiny_idx(dir, "idx", &spec)
 }
 
 /// `longtail presets <method>.fmnist-lt` pointed at the tiny data (IF 100 as the bundled set,

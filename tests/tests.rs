@@ -3,7 +3,7 @@
 //! about a second.
 
 mod util;
-use util::{assert_fails, longtail, stderr, stdout, write_idx};
+use util::{assert_fails, longtail, stderr, stdout, write_tiny_idx, TinyIdx};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -11,43 +11,17 @@ use std::process::{Command, Output};
 /// A Fashion-MNIST-shaped IDX directory: `per_class` train and 6 test images per class, each
 /// class a different bright square position on a dark background plus deterministic noise.
 fn tiny_idx(dir: &Path, per_class: usize) -> PathBuf {
-    let d = dir.join("idx");
-    std::fs::create_dir_all(&d).unwrap();
-    let side = 12usize;
-    let mut state = 7u64;
-    let mut make = |n: usize| {
-        let (mut images, mut labels) = (vec![], vec![]);
-        for i in 0..n * 10 {
-            let c = i % 10;
-            let (cy, cx) = ((c / 4) * 4, (c % 4) * 3);
-            for y in 0..side {
-                for x in 0..side {
-                    state = state
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    let inside = y >= cy && y < cy + 4 && x >= cx && x < cx + 3;
-                    images.push(if inside { 220 } else { 20 } + (state >> 60) as u8);
-                }
-            }
-            labels.push(c as u8);
-        }
-        (images, labels)
+    let spec = TinyIdx {
+        side: 12,
+        train_per_class: per_class,
+        test_per_class: 6,
+        seed: 7,
+        bright: 220,
+        dark: 20,
+        noise_shift: 60,
+        invert: false,
     };
-    let (ti, tl) = make(per_class);
-    write_idx(
-        &d.join("train-images-idx3-ubyte"),
-        &[tl.len() as u32, 12, 12],
-        &ti,
-    );
-    write_idx(&d.join("train-labels-idx1-ubyte"), &[tl.len() as u32], &tl);
-    let (vi, vl) = make(6);
-    write_idx(
-        &d.join("t10k-images-idx3-ubyte"),
-        &[vl.len() as u32, 12, 12],
-        &vi,
-    );
-    write_idx(&d.join("t10k-labels-idx1-ubyte"), &[vl.len() as u32], &vl);
-    d
+    write_tiny_idx(dir, "idx", &spec)
 }
 
 /// The `ride.fmnist-lt` preset pointed at the tiny IDX data (IF 10), with `epochs` epochs.

@@ -6,7 +6,7 @@
 //! training epoch takes about a second.
 
 mod util;
-use util::{longtail, stderr, stdout, write_idx};
+use util::{longtail, stderr, stdout, write_tiny_idx, TinyIdx};
 
 use std::path::{Path, PathBuf};
 
@@ -20,44 +20,17 @@ use longtail::train::Objective;
 /// class a bright block at its own position plus deterministic noise; `invert` flips every
 /// pixel (255 − v), which makes an out-of-distribution set of the same shape.
 fn idx_dir(dir: &Path, name: &str, per_class: usize, side: usize, invert: bool) -> PathBuf {
-    let d = dir.join(name);
-    std::fs::create_dir_all(&d).unwrap();
-    let mut state = 11u64;
-    let mut make = |n: usize| {
-        let (mut images, mut labels) = (vec![], vec![]);
-        for i in 0..n * 10 {
-            let c = i % 10;
-            let (cy, cx) = ((c / 4) * 4, (c % 4) * 3);
-            for y in 0..side {
-                for x in 0..side {
-                    state = state
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    let inside = y >= cy && y < cy + 4 && x >= cx && x < cx + 3;
-                    let v = if inside { 220 } else { 20 } + (state >> 60) as u8;
-                    images.push(if invert { 255 - v } else { v });
-                }
-            }
-            labels.push(c as u8);
-        }
-        (images, labels)
+    let spec = TinyIdx {
+        side,
+        train_per_class: per_class,
+        test_per_class: 6,
+        seed: 11,
+        bright: 220,
+        dark: 20,
+        noise_shift: 60,
+        invert,
     };
-    let s = side as u32;
-    let (ti, tl) = make(per_class);
-    write_idx(
-        &d.join("train-images-idx3-ubyte"),
-        &[tl.len() as u32, s, s],
-        &ti,
-    );
-    write_idx(&d.join("train-labels-idx1-ubyte"), &[tl.len() as u32], &tl);
-    let (vi, vl) = make(6);
-    write_idx(
-        &d.join("t10k-images-idx3-ubyte"),
-        &[vl.len() as u32, s, s],
-        &vi,
-    );
-    write_idx(&d.join("t10k-labels-idx1-ubyte"), &[vl.len() as u32], &vl);
-    d
+    write_tiny_idx(dir, name, &spec)
 }
 
 /// The `<preset>` config pointed at a tiny IDX set (IF 10), 1 epoch, batch 16.

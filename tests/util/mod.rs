@@ -44,3 +44,64 @@ pub fn write_idx(path: &Path, dims: &[u32], data: &[u8]) {
     bytes.extend(data);
     std::fs::write(path, bytes).unwrap();
 }
+
+/// How [`write_tiny_idx`] draws its images: 10 classes, each a bright 4×3 block at its own
+/// position on a dark background (`side`×`side` pixels), plus noise from a seeded LCG
+/// (`state >> noise_shift`); `invert` flips every pixel (255 − v) for an out-of-distribution set.
+pub struct TinyIdx {
+    pub side: usize,
+    pub train_per_class: usize,
+    pub test_per_class: usize,
+    pub seed: u64,
+    pub bright: u8,
+    pub dark: u8,
+    pub noise_shift: u32,
+    pub invert: bool,
+}
+
+/// Writes a Fashion-MNIST-shaped IDX directory `dir/name` (`train-*` then `t10k-*` images and
+/// labels, drawn in that order from one noise stream) and returns its path.
+pub fn write_tiny_idx(dir: &Path, name: &str, spec: &TinyIdx) -> std::path::PathBuf {
+    let d = dir.join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    let side = spec.side;
+    let mut state = spec.seed;
+    let mut make = |n: usize| {
+        let (mut images, mut labels) = (vec![], vec![]);
+        for i in 0..n * 10 {
+            let c = i % 10;
+            let (cy, cx) = ((c / 4) * 4, (c % 4) * 3);
+            for y in 0..side {
+                for x in 0..side {
+                    state = state
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    let inside = y >= cy && y < cy + 4 && x >= cx && x < cx + 3;
+                    let base = if inside { spec.bright } else { spec.dark };
+                    let v = base + (state >> spec.noise_shift) as u8;
+                    images.push(if spec.invert { 255 - v } else { v });
+                }
+            }
+            labels.push(c as u8);
+        }
+        (images, labels)
+    };
+    for (prefix, n) in [
+        ("train", spec.train_per_class),
+        ("t10k", spec.test_per_class),
+    ] {
+        let (im, lb) = make(n);
+        let (count, s) = (lb.len() as u32, side as u32);
+        write_idx(
+            &d.join(format!("{prefix}-images-idx3-ubyte")),
+            &[count, s, s],
+            &im,
+        );
+        write_idx(
+            &d.join(format!("{prefix}-labels-idx1-ubyte")),
+            &[count],
+            &lb,
+        );
+    }
+    d
+}
