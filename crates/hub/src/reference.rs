@@ -154,84 +154,34 @@ impl fmt::Display for CheckpointRef {
     }
 }
 
-/// How the Hub is reached. [`HubOptions::from_env`] reads the standard variables.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HubOptions {
-    /// Resolve from the cache only, never touch the network (`HF_HUB_OFFLINE=1`).
-    pub offline: bool,
-    /// Hub URL; `None` → `HF_ENDPOINT`, else `https://huggingface.co` (read by hf-hub).
-    pub endpoint: Option<String>,
-    /// Cache directory; `None` → `HF_HUB_CACHE`, `HUGGINGFACE_HUB_CACHE`, `$HF_HOME/hub`,
-    /// `$XDG_CACHE_HOME/huggingface/hub`, `~/.cache/huggingface/hub` (read by hf-hub).
-    pub cache_dir: Option<PathBuf>,
-    /// Retries after a failed request (hf-hub's default is 5, with exponential back-off).
-    pub retries: usize,
-}
+/// How the Hub is reached: the same settings as the data crate's Hub reader (one type, so a
+/// run's data and its checkpoint are fetched alike). [`HubOptions::from_env`] reads
+/// `HF_HUB_OFFLINE` and asks for no retries: opening a checkpoint makes one request and, if the
+/// Hub cannot be reached, falls back to the cached copy at once (hf-hub does that for connect and
+/// timeout errors), so a machine without network fails or succeeds in milliseconds rather than
+/// after hf-hub's 5 back-off retries (2–4 s, candle.md §4). hf-hub 1.0 has no offline switch of
+/// its own, so `offline` is honoured here.
+pub use longtail_data::readers::hub::{offline_from_env, HubDataOptions as HubOptions};
 
-/// True when `HF_HUB_OFFLINE` is set to a truthy value (`1`, `true`, `yes`, `on`), as the Python
-/// `huggingface_hub` reads it. hf-hub 1.0 has no such switch (candle.md §4), so we honour it here.
-pub fn offline_from_env() -> bool {
-    std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| {
-        matches!(
-            v.trim().to_ascii_lowercase().as_str(),
-            "1" | "true" | "yes" | "on"
-        )
+/// An hf-hub client for `opts` (cache, endpoint, retries); errors name `reference`.
+fn client(opts: &HubOptions, reference: &HubRef) -> Result<HFClientSync> {
+    let mut b = HFClient::builder()
+        .cache_dir(opts.cache())
+        .retry_max_attempts(opts.retries);
+    if let Some(e) = &opts.endpoint {
+        b = b.endpoint(e.clone());
+    }
+    b.build_sync().map_err(|e| HubError::Hub {
+        reference: reference.to_string(),
+        endpoint: opts.endpoint_name(),
+        message: e.to_string(),
     })
-}
-
-impl HubOptions {
-    /// Options from the environment, with no retries: opening a checkpoint makes one request and,
-    /// if the Hub cannot be reached, falls back to the cached copy at once (hf-hub does that for
-    /// connect and timeout errors), so a machine without network fails or succeeds in
-    /// milliseconds rather than after hf-hub's 5 back-off retries (2–4 s, candle.md §4).
-    pub fn from_env() -> Self {
-        HubOptions {
-            offline: offline_from_env(),
-            endpoint: None,
-            cache_dir: None,
-            retries: 0,
-        }
-    }
-
-    /// The cache directory in effect.
-    pub fn cache(&self) -> PathBuf {
-        self.cache_dir
-            .clone()
-            .unwrap_or_else(hf_hub::resolve_cache_dir)
-    }
-
-    fn endpoint_name(&self) -> String {
-        self.endpoint
-            .clone()
-            .or_else(|| std::env::var("HF_ENDPOINT").ok())
-            .unwrap_or_else(|| "https://huggingface.co".into())
-    }
-
-    fn client(&self, reference: &HubRef) -> Result<HFClientSync> {
-        let mut b = HFClient::builder()
-            .cache_dir(self.cache())
-            .retry_max_attempts(self.retries);
-        if let Some(e) = &self.endpoint {
-            b = b.endpoint(e.clone());
-        }
-        b.build_sync().map_err(|e| HubError::Hub {
-            reference: reference.to_string(),
-            endpoint: self.endpoint_name(),
-            message: e.to_string(),
-        })
-    }
-}
-
-impl Default for HubOptions {
-    fn default() -> Self {
-        Self::from_env()
-    }
 }
 
 /// Fetches (or finds in the cache) one file of a Hub repository; returns its path in the cache
 /// (`<cache>/models--owner--repo/snapshots/<commit>/<file>`).
 pub fn fetch(reference: &HubRef, opts: &HubOptions) -> Result<PathBuf> {
-    let client = opts.client(reference)?;
+    let client = client(opts, reference)?;
     let repo = client.model(reference.owner.clone(), reference.repo.clone());
     let result = repo
         .download_file()

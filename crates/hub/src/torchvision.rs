@@ -12,7 +12,7 @@ use longtail_backbone::{BackboneConfig, ShapeMismatch, DATA_PARALLEL_PREFIX};
 use crate::error::{HubError, Result};
 use crate::file::read_checked;
 
-/// What [`map_torchvision`] / [`load_torchvision_trunk`] did.
+/// What [`load_torchvision_trunk`] / [`load_torchvision_file`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrunkReport {
     /// Our keys that received a pretrained tensor, sorted.

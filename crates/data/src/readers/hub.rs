@@ -191,7 +191,8 @@ impl HubDataOptions {
             .unwrap_or_else(hf_hub::resolve_cache_dir)
     }
 
-    fn endpoint_name(&self) -> String {
+    /// The Hub URL in effect (`endpoint`, else `HF_ENDPOINT`, else huggingface.co), for messages.
+    pub fn endpoint_name(&self) -> String {
         self.endpoint
             .clone()
             .or_else(|| std::env::var("HF_ENDPOINT").ok())
