@@ -211,7 +211,6 @@ fn parity(args: &Args, dev: &Device, dir: &Path) -> Result<usize> {
         );
     }
     let slack = args.grad_slack;
-    let loss_ok = |got: f32, want: f32| (got - want).abs() <= 1e-4 + 1e-6 * want.abs();
 
     let fx = load(dir, "ride_loss_c10.safetensors", dev)?;
     let logits = logits_var(&fx, dev)?;
@@ -224,24 +223,14 @@ fn parity(args: &Args, dev: &Device, dir: &Path) -> Result<usize> {
     for epoch in [1usize, 170] {
         ride.begin_epoch(epoch);
         let v = ride.forward(logits.as_tensor(), &fx["targets"])?;
-        let got = v.to_dtype(DType::F32)?.to_scalar::<f32>()?;
-        let want = fx[&format!("loss_epoch{epoch}")].to_scalar::<f32>()?;
-        let g = v.backward()?;
-        let grad = g
-            .get(logits.as_tensor())
-            .context("no gradient")?
-            .transpose(0, 1)?;
-        let ex = excess(
-            &grad,
-            &fx[&format!("grad_epoch{epoch}")],
-            1e-6 * slack,
-            1e-5 * slack,
+        fails += check_loss(
+            "ride",
+            epoch,
+            &v,
+            &logits,
+            &fx,
+            (1e-6 * slack, 1e-5 * slack),
         )?;
-        fails += report(
-            &format!("ride loss epoch {epoch}"),
-            loss_ok(got, want) && ex <= 0.0,
-            format!("loss {got:.6} vs {want:.6}, grad excess {ex:.1e}"),
-        );
     }
 
     let fx = load(dir, "sade_loss_c10.safetensors", dev)?;
@@ -249,24 +238,14 @@ fn parity(args: &Args, dev: &Device, dir: &Path) -> Result<usize> {
     let sade = SadeLoss::new(&counts_of(&fx)?, 2.0, dev)?;
     for epoch in [1usize, 170] {
         let v = sade.forward(logits.as_tensor(), &fx["targets"])?;
-        let got = v.to_dtype(DType::F32)?.to_scalar::<f32>()?;
-        let want = fx[&format!("loss_epoch{epoch}")].to_scalar::<f32>()?;
-        let g = v.backward()?;
-        let grad = g
-            .get(logits.as_tensor())
-            .context("no gradient")?
-            .transpose(0, 1)?;
-        let ex = excess(
-            &grad,
-            &fx[&format!("grad_epoch{epoch}")],
-            1e-6 * slack,
-            1e-5 * slack,
+        fails += check_loss(
+            "sade",
+            epoch,
+            &v,
+            &logits,
+            &fx,
+            (1e-6 * slack, 1e-5 * slack),
         )?;
-        fails += report(
-            &format!("sade loss epoch {epoch}"),
-            loss_ok(got, want) && ex <= 0.0,
-            format!("loss {got:.6} vs {want:.6}, grad excess {ex:.1e}"),
-        );
     }
 
     let fx = load(dir, "tlc_loss_c10.safetensors", dev)?;
@@ -275,27 +254,14 @@ fn parity(args: &Args, dev: &Device, dir: &Path) -> Result<usize> {
         let mut tlc = TlcLoss::new(TlcLossConfig::cifar().official(), &counts_of(&fx)?)?;
         tlc.begin_epoch(epoch)?;
         let out = tlc.forward(logits.as_tensor(), &fx["targets"])?;
-        let got = out.loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
-        let want = fx[&format!("loss_epoch{epoch}")]
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?[0];
-        let g = out.loss.backward()?;
-        let grad = g
-            .get(logits.as_tensor())
-            .context("no gradient")?
-            .transpose(0, 1)?;
-        let ex = excess(
-            &grad,
-            &fx[&format!("grad_epoch{epoch}")],
-            1e-5 * slack,
-            1e-5 * slack,
+        fails += check_loss(
+            "tlc",
+            epoch,
+            &out.loss,
+            &logits,
+            &fx,
+            (1e-5 * slack, 1e-5 * slack),
         )?;
-        fails += report(
-            &format!("tlc loss epoch {epoch}"),
-            loss_ok(got, want) && ex <= 0.0,
-            format!("loss {got:.6} vs {want:.6}, grad excess {ex:.1e}"),
-        );
     }
     println!(
         "parity: {} failed ({})",
@@ -303,6 +269,35 @@ fn parity(args: &Args, dev: &Device, dir: &Path) -> Result<usize> {
         if fails == 0 { "all ok" } else { "see FAIL" }
     );
     Ok(fails)
+}
+
+/// One loss fixture check: `loss` (computed from `logits`) against `loss_epoch{epoch}`, and its
+/// gradient (`[B, E, C]` → the fixture's `[E, B, C]`) against `grad_epoch{epoch}` within
+/// `(atol, rtol)`. Prints one line; returns 1 on failure.
+fn check_loss(
+    method: &str,
+    epoch: usize,
+    loss: &Tensor,
+    logits: &Var,
+    fx: &HashMap<String, Tensor>,
+    (atol, rtol): (f32, f32),
+) -> Result<usize> {
+    let got = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+    let want = fx[&format!("loss_epoch{epoch}")]
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?[0];
+    let grads = loss.backward()?;
+    let grad = grads
+        .get(logits.as_tensor())
+        .context("no gradient")?
+        .transpose(0, 1)?;
+    let ex = excess(&grad, &fx[&format!("grad_epoch{epoch}")], atol, rtol)?;
+    Ok(report(
+        &format!("{method} loss epoch {epoch}"),
+        (got - want).abs() <= 1e-4 + 1e-6 * want.abs() && ex <= 0.0,
+        format!("loss {got:.6} vs {want:.6}, grad excess {ex:.1e}"),
+    ))
 }
 
 /// Long-tailed class counts `n_max · ρ^(−i/(C−1))` (the LDAM profile).
