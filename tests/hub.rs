@@ -9,6 +9,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use candle_core::Device;
+use longtail_fixtures::fixtures_dir;
 
 fn longtail_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_longtail"));
@@ -45,21 +46,6 @@ fn assert_fails(o: &Output, needle: &str) {
     let last = err.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("");
     assert!(last.starts_with("error: "), "{err}");
     assert!(last.contains(needle), "`{needle}` not in: {err}");
-}
-
-/// `shared/fixtures/official`, found by walking up from the repository.
-fn fixtures_dir() -> PathBuf {
-    let start = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    for dir in start.ancestors() {
-        let candidate = dir.join("shared").join("fixtures").join("official");
-        if candidate.is_dir() {
-            return candidate;
-        }
-    }
-    panic!(
-        "shared/fixtures/official not found in any ancestor of {}: the parity fixtures are required",
-        start.display()
-    );
 }
 
 /// A tiny Fashion-MNIST-shaped IDX directory (12×12, 10 classes, 20 train / 6 test per class).

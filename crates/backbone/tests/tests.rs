@@ -2,7 +2,6 @@
 //! parameter and MAC counts, ImageNet variants, train-mode BatchNorm.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 use candle_nn::{VarBuilder, VarMap};
@@ -10,21 +9,9 @@ use longtail_backbone::{
     init_weights, load_weights, load_weights_file, num_trainable_params, trainable_vars, Arch,
     BackboneConfig, BackboneError, Blocks, Kernels, Layout, MultiExpert,
 };
+use longtail_fixtures::fixtures_dir;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
-
-/// `shared/fixtures/official`, found by walking up from this crate (repo at `/work/main`, shared
-/// at `/work/shared`; CI clones put `shared/` beside the clone).
-fn fixtures_dir() -> PathBuf {
-    let start = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    for dir in start.ancestors() {
-        let candidate = dir.join("shared").join("fixtures").join("official");
-        if candidate.is_dir() {
-            return candidate;
-        }
-    }
-    panic!("shared/fixtures/official not found in any ancestor of {}: the parity fixtures are required", start.display());
-}
 
 fn build(cfg: &BackboneConfig) -> Result<(VarMap, MultiExpert), BackboneError> {
     let varmap = VarMap::new();

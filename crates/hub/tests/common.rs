@@ -1,27 +1,13 @@
 //! Helpers shared by the tests.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{Device, Tensor};
 
-pub type TestResult = Result<(), Box<dyn std::error::Error>>;
+pub use longtail_fixtures::fixtures_dir;
 
-/// `shared/fixtures/official`, found by walking up from this crate (repo at `/work/main`, shared
-/// at `/work/shared`; CI clones put `shared/` beside the clone).
-pub fn fixtures_dir() -> PathBuf {
-    let start = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    for dir in start.ancestors() {
-        let candidate = dir.join("shared").join("fixtures").join("official");
-        if candidate.is_dir() {
-            return candidate;
-        }
-    }
-    panic!(
-        "shared/fixtures/official not found in any ancestor of {}: the parity fixtures are required",
-        start.display()
-    );
-}
+pub type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims(), "shape mismatch");

@@ -1,41 +1,10 @@
 //! Integration tests of `longtail-ride`: parity with the official RIDE loss, hand-computed
 //! constants, expert-count variants, errors and presets.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
-
 use candle_core::{DType, Device, Tensor, Var};
+use longtail_fixtures::{json as read_json, load as load_fixture};
 use longtail_ride::presets::{self, LrSchedule, PRESETS};
 use longtail_ride::{ldam_ce, RideError, RideLoss, RideLossConfig};
-
-/// `shared/fixtures/official`, found by walking up from this crate (`/work/main/crates/ride`
-/// → `/work/shared`; a CI clone has `shared/` beside it). Panics with a clear message if absent.
-fn fixtures_dir() -> PathBuf {
-    let start = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    for dir in start.ancestors() {
-        let candidate = dir.join("shared").join("fixtures").join("official");
-        if candidate.is_dir() {
-            return candidate;
-        }
-    }
-    panic!(
-        "fixtures not found: no ancestor of {} contains shared/fixtures/official",
-        start.display()
-    );
-}
-
-fn load_fixture(name: &str) -> HashMap<String, Tensor> {
-    let path = fixtures_dir().join(name);
-    candle_core::safetensors::load(&path, &Device::Cpu)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
-}
-
-fn read_json(name: &str) -> serde_json::Value {
-    let path = fixtures_dir().join(name);
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    serde_json::from_str(&text).expect("fixture json parses")
-}
 
 fn json_f64s(v: &serde_json::Value) -> Vec<f64> {
     v.as_array()

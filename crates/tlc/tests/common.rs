@@ -1,45 +1,8 @@
 //! Fixture location and comparison helpers.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
+use candle_core::{DType, Tensor};
 
-use candle_core::{DType, Device, Tensor};
-
-/// `shared/fixtures/official`, found by walking up from this crate (the repo may be cloned
-/// anywhere with `shared/` beside it). Panics with a clear message when absent: a parity test
-/// must never pass silently without its reference.
-pub fn fixtures_dir() -> PathBuf {
-    let start = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    for dir in start.ancestors() {
-        for candidate in [
-            dir.join("shared/fixtures/official"),
-            dir.join("../shared/fixtures/official"),
-        ] {
-            if candidate.is_dir() {
-                return candidate;
-            }
-        }
-    }
-    panic!(
-        "fixtures not found: no shared/fixtures/official in any ancestor of {} (or beside it)",
-        start.display()
-    );
-}
-
-/// Loads a safetensors fixture.
-pub fn load(name: &str) -> HashMap<String, Tensor> {
-    let path = fixtures_dir().join(name);
-    candle_core::safetensors::load(&path, &Device::Cpu)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
-}
-
-/// Reads a JSON sidecar.
-pub fn json(name: &str) -> serde_json::Value {
-    let path = fixtures_dir().join(name);
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    serde_json::from_str(&text).expect("valid json")
-}
+pub use longtail_fixtures::{json, load};
 
 /// Flattens any tensor to f64 values.
 pub fn values(t: &Tensor) -> Vec<f64> {
