@@ -126,10 +126,9 @@ pub fn train_router(
             let batch = batch?;
             let out = model.forward_t(&batch.images, false)?;
             let (logits, feats) = (out.expert_logits.detach(), out.features.detach());
-            let t = ExpertRouter::targets(&logits, &batch.labels)?;
+            let (loss, t) = router.loss_and_targets(&logits, &feats, &batch.labels)?;
             pos += t.sum_all()?.to_scalar::<f32>()? as f64;
             targets += t.elem_count();
-            let loss = router.loss(&logits, &feats, &batch.labels)?;
             let value = loss.to_scalar::<f32>()? as f64;
             if !value.is_finite() {
                 bail!("router loss is {value} at epoch {epoch}");

@@ -262,6 +262,17 @@ impl ExpertRouter {
         features: &Tensor,
         targets: &Tensor,
     ) -> Result<Tensor> {
+        Ok(self.loss_and_targets(expert_logits, features, targets)?.0)
+    }
+
+    /// [`ExpertRouter::loss`] and the routing targets `[B, E−1]` it was computed against (so a
+    /// trainer can log the share of positives without deriving them a second time).
+    pub fn loss_and_targets(
+        &self,
+        expert_logits: &Tensor,
+        features: &Tensor,
+        targets: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
         let e = self.cfg.num_experts;
         let (b, fe, _) = features
             .dims3()
@@ -293,7 +304,7 @@ impl ExpertRouter {
                 Some(t) => (t + step)?,
             });
         }
-        Ok((total.expect("num_experts >= 2") / (e - 1) as f64)?)
+        Ok(((total.expect("num_experts >= 2") / (e - 1) as f64)?, t))
     }
 
     /// Routed prediction for `n` samples. `forward(expert, rows)` returns that expert's logits
