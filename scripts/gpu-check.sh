@@ -84,14 +84,14 @@ build() {
     echo "$repo/target/release/examples/gpu_check"
 }
 
+# The official parity fixtures, kept in the repository (fixtures/README.md).
 fixtures_dir() {
-    for d in "$repo/shared/fixtures/official" "$repo/../shared/fixtures/official"; do
-        if [ -d "$d" ]; then
-            echo "$d"
-            return
-        fi
-    done
-    log "shared/fixtures/official not found beside the repo" >&2
+    local d="$repo/fixtures/official"
+    if [ -d "$d" ]; then
+        echo "$d"
+        return
+    fi
+    log "$d is missing: the repository's fixtures/official folder is required" >&2
     exit 1
 }
 

@@ -5,26 +5,22 @@ use std::path::PathBuf;
 use candle_core::Device;
 use longtail_aggregate::{experts_first, mean_logits, weighted_logits};
 
-/// `shared/fixtures/official`, found by walking up from this crate (`/work/shared` beside
-/// `/work/main`, or `<clone>/../shared` in CI).
+/// `<workspace root>/fixtures/official`, the official parity fixtures kept in the repository
+/// (this crate sits at `crates/aggregate`, two levels below the root; see `fixtures/README.md`).
 fn fixtures() -> PathBuf {
-    let start = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    for dir in start.ancestors() {
-        let candidate = dir.join("shared/fixtures/official");
-        if candidate.is_dir() {
-            return candidate;
-        }
-    }
-    panic!(
-        "fixtures not found: no ancestor of {} contains shared/fixtures/official \
-         (clone the shared reference data beside the repository)",
-        start.display()
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/official");
+    assert!(
+        dir.is_dir(),
+        "{} is missing: the repository's fixtures/official folder is required (see \
+         fixtures/README.md)",
+        dir.display()
     );
+    dir
 }
 
 /// Expected: `sade_cifar_e3_c10.io.safetensors` (official SADE ResNet-32, E = 3, C = 10, eval mode;
 /// recipe in `sade_cifar_e3_c10.json`): its `logits` [4, 10] is the forward's `output`, the mean of
-/// `expert_logits` [4, 3, 10] (spec sade.md §1.1).
+/// `expert_logits` [4, 3, 10] (docs/sade.md §1.1).
 #[test]
 fn mean_logits_matches_the_official_forward_output() {
     let path = fixtures().join("sade_cifar_e3_c10.io.safetensors");

@@ -1,26 +1,24 @@
-//! Shared helpers: the fixtures directory and small files in the real formats.
+//! Shared helpers: the repository's fixtures directory and small files in the real formats.
 
 use std::path::{Path, PathBuf};
 
-/// `shared/` beside the repository: walks up from this crate looking for `shared/fixtures/official`.
-pub fn shared_dir() -> PathBuf {
-    let start = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for dir in start.ancestors() {
-        let cand = dir.join("shared");
-        if cand.join("fixtures/official").is_dir() {
-            return cand;
-        }
-    }
-    panic!(
-        "fixtures not found: no ancestor of {} holds shared/fixtures/official (clone the repository with shared/ beside it)",
-        start.display()
-    );
+/// `<workspace root>/fixtures`, the parity fixtures kept in the repository (this crate sits at
+/// `crates/data`, two levels below the root; see `fixtures/README.md`).
+pub fn fixtures_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
 }
 
-/// Parses a JSON fixture under `shared/fixtures`.
+/// Parses the JSON fixture `rel` (e.g. `numpy/legacy_shuffle.json`) under the repository's
+/// `fixtures/` folder.
 pub fn fixture_json(rel: &str) -> serde_json::Value {
-    let p = shared_dir().join("fixtures").join(rel);
-    let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    let p = fixtures_root().join(rel);
+    let text = std::fs::read_to_string(&p).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (the file is missing from the repository's fixtures/ folder; see \
+             fixtures/README.md)",
+            p.display()
+        )
+    });
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
