@@ -31,10 +31,10 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use clap::Parser;
 use longtail::backbone::{load_weights_file, trainable_vars, BackboneConfig, MultiExpert};
-use longtail::config::preset;
-use longtail::device::{describe, device};
+use longtail::registry::{self, preset};
+use longtail::train::device::{describe, device};
 use longtail::ride::RideLoss;
-use longtail::sade::SadeLoss;
+use longtail::sade::{SadeLoss, SadeLossConfig};
 use longtail::tlc::{TlcLoss, TlcLossConfig};
 use longtail::train::{Sgd, SgdConfig};
 
@@ -83,7 +83,7 @@ fn main() -> Result<()> {
     println!(
         "gpu_check: device {} (cuda feature: {}), TF32 {}",
         describe(&dev),
-        longtail::device::CUDA_BUILT,
+        longtail::train::device::CUDA_BUILT,
         if args.tf32 { "on" } else { "off" }
     );
     let mut failures = 0;
@@ -235,7 +235,7 @@ fn parity(args: &Args, dev: &Device, dir: &Path) -> Result<usize> {
 
     let fx = load(dir, "sade_loss_c10.safetensors", dev)?;
     let logits = logits_var(&fx, dev)?;
-    let sade = SadeLoss::new(&counts_of(&fx)?, 2.0, dev)?;
+    let sade = SadeLoss::new(&SadeLossConfig { tau: 2.0 }, &counts_of(&fx)?, dev)?;
     for epoch in [1usize, 170] {
         let v = sade.forward(logits.as_tensor(), &fx["targets"])?;
         fails += check_loss(
@@ -363,7 +363,7 @@ fn bench(args: &Args, dev: &Device) -> Result<()> {
         cfg.model.num_experts = case.experts;
         cfg.model.num_classes = case.counts.len();
         let (varmap, model) = MultiExpert::seeded(&cfg.model, 1, dev)?;
-        let mut objective = longtail::methods::objective(&cfg.method, &case.counts, dev)?;
+        let mut objective = registry::method(&cfg.method.name)?.build(&cfg, &case.counts, dev)?;
         objective.begin_epoch(1)?;
         let mut opt = Sgd::new(trainable_vars(&varmap), SgdConfig::default())?;
         opt.set_lr(0.1);
@@ -372,12 +372,17 @@ fn bench(args: &Args, dev: &Device) -> Result<()> {
             .map(|i| ((i * 7919) % case.counts.len()) as u32)
             .collect();
         let y = Tensor::from_vec(y, case.batch, dev)?;
+        let batch = longtail::data::Batch {
+            images: x.clone(),
+            labels: y,
+            indices: (0..case.batch).collect(),
+        };
         let mut times = vec![];
         for step in 0..steps + 2 {
             dev.synchronize()?;
             let t0 = Instant::now();
             let out = model.forward_t(&x, true)?;
-            let loss = objective.loss(&out, &y)?;
+            let loss = objective.loss(&out, &batch)?;
             let grads = loss.backward()?;
             opt.step(&grads)?;
             let value = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
@@ -409,7 +414,7 @@ fn bench(args: &Args, dev: &Device) -> Result<()> {
                 "model": case.name,
                 "preset": case.preset,
                 "arch": format!("{:?}", cfg.model.arch),
-                "method": cfg.method.name(),
+                "method": cfg.method.name.as_str(),
                 "blocks": cfg.model.blocks(),
                 "planes": cfg.model.planes(),
                 "shared_stages": cfg.model.shared_stages(),

@@ -1,22 +1,20 @@
 //! longtail: long-tailed image classification with multi-expert ensembles (RIDE, SADE, TLC) on
 //! candle.
 //!
-//! The `longtail` binary is a thin layer over these crates; library users mostly want
-//! [`aggregate`] (test-time aggregation of any ensemble's logits), [`data`], [`backbone`] and
-//! [`train`].
+//! The root package is the `longtail` binary and [`registry`], the one place that names every
+//! method and preset. Everything else lives in the workspace's crates, re-exported here: library
+//! users mostly want [`aggregate`] (test-time aggregation of any ensemble's logits), [`data`],
+//! [`backbone`] and [`train`], and one method crate ([`ride`], [`sade`], [`tlc`],
+//! [`baselines`]).
 
-pub mod bench;
-pub mod config;
-pub mod device;
-pub mod methods;
-pub mod router;
-pub mod run;
-pub mod shift;
-pub mod uncertainty;
+pub mod registry;
 
 pub use longtail_aggregate as aggregate;
 pub use longtail_backbone as backbone;
+pub use longtail_baselines as baselines;
 pub use longtail_data as data;
+pub use longtail_hub as hub;
+pub use longtail_losses as losses;
 pub use longtail_metrics as metrics;
 pub use longtail_ride as ride;
 pub use longtail_sade as sade;

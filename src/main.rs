@@ -1,6 +1,7 @@
 //! The `longtail` command-line tool: a thin layer over the library crates.
 
 mod cli;
+mod plots;
 
 use std::process::ExitCode;
 

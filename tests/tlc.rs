@@ -1,6 +1,6 @@
 //! TLC end to end: a tiny TLC run through the `longtail` binary, then `eval --uncertainty`
 //! (JSON fields in range and consistent, plots, OOD data, a softmax-only method, a bad OOD set),
-//! and the batch independence of the per-sample combination through `TlcObjective::predict`.
+//! and the batch independence of the per-sample combination through `TlcMethod::predict`.
 //!
 //! The data are written by the tests in the real IDX format (12×12 grey images, 10 classes), so a
 //! training epoch takes about a second.
@@ -12,9 +12,8 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor, D};
 use longtail::backbone::MultiExpert;
-use longtail::config::MethodConfig;
-use longtail::tlc::{Combination, TlcLoss};
-use longtail::train::Objective;
+use longtail::tlc::{Combination, Tlc, TlcLoss, TlcMethod};
+use longtail::train::Method;
 
 /// An IDX directory of `side`×`side` images: `per_class` train and 6 test images per class, each
 /// class a bright block at its own position plus deterministic noise; `invert` flips every
@@ -323,7 +322,7 @@ fn eval_uncertainty_scores_a_softmax_method_and_refuses_bad_ood_sets() {
 /// Row `row` of `predict` for a batch of images.
 fn predict_row(
     model: &MultiExpert,
-    obj: &dyn Objective,
+    obj: &dyn Method,
     images: &[&Tensor],
     row: usize,
 ) -> Vec<f32> {
@@ -342,10 +341,8 @@ fn predict_row(
 #[test]
 fn the_per_sample_combination_predicts_a_sample_the_same_in_any_batch() {
     let dev = Device::Cpu;
-    let cfg = longtail::config::preset("tlc.fmnist-lt").unwrap();
-    let MethodConfig::Tlc(settings) = &cfg.method else {
-        panic!("tlc preset");
-    };
+    let cfg = longtail::registry::preset("tlc.fmnist-lt").unwrap();
+    let settings = Tlc::settings(&cfg).unwrap();
     assert!(matches!(
         settings.loss.combination,
         Combination::PerSample { .. }
@@ -353,12 +350,12 @@ fn the_per_sample_combination_predicts_a_sample_the_same_in_any_batch() {
     let (_vars, model) = MultiExpert::seeded(&cfg.model, 3, &dev).unwrap();
     let counts = [100, 60, 36, 21, 13, 8, 5, 3, 2, 1];
     let per_sample =
-        longtail::methods::TlcObjective(TlcLoss::new(settings.loss.clone(), &counts).unwrap());
+        TlcMethod(TlcLoss::new(settings.loss.clone(), &counts).unwrap());
     let mut official_cfg = settings.loss.clone();
     official_cfg.combination = Combination::Official {
         eta: settings.loss.combination.eta(),
     };
-    let official = longtail::methods::TlcObjective(TlcLoss::new(official_cfg, &counts).unwrap());
+    let official = TlcMethod(TlcLoss::new(official_cfg, &counts).unwrap());
     let img = |seed: u64| {
         let v: Vec<f32> = (0..28 * 28)
             .map(|i| (((i as u64 + 1) * (seed * 2654435761 + 97)) % 1000) as f32 / 500.0 - 1.0)

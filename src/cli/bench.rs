@@ -3,7 +3,7 @@
 
 use anyhow::bail;
 use longtail::backbone::Kernels;
-use longtail::bench::{measure, models, Measurement, Settings};
+use super::measure::{measure, models, Measurement, Settings};
 
 /// What to benchmark.
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]

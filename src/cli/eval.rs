@@ -6,8 +6,8 @@ use std::sync::Arc;
 use anyhow::{bail, Result};
 use candle_core::Device;
 use longtail::data::{shot_groups, ShotRule};
-use longtail::run;
-use longtail::train::evaluate;
+use longtail::registry::{self, Registry};
+use longtail::train::{device::device_announced, evaluate, load_data, transforms, LoadedRun};
 
 /// Arguments of `longtail eval`.
 #[derive(clap::Args, Debug)]
@@ -54,15 +54,15 @@ pub struct Args {
 /// What every evaluation mode starts from: the loaded model, its method and the test data.
 pub struct EvalContext {
     /// The checkpoint.
-    pub loaded: run::Loaded,
+    pub loaded: LoadedRun,
     /// The run config, with --dataset/--data-dir applied.
-    pub config: longtail::config::RunConfig,
+    pub config: longtail::train::RunConfig,
     /// The data set's name.
     pub dataset: longtail::data::DatasetName,
     /// Train/val/test splits.
     pub splits: longtail::data::Splits,
     /// The method's objective (prediction rule).
-    pub objective: Box<dyn longtail::train::Objective>,
+    pub objective: Box<dyn longtail::train::Method>,
     /// Evaluation transform.
     pub eval_transform: longtail::data::Transform,
     /// Shot group of each class.
@@ -86,7 +86,7 @@ pub fn run(args: Args) -> Result<()> {
         ctx.objective.as_ref(),
         &test,
         &ctx.eval_transform,
-        256,
+        ctx.config.optim.eval_batch_size,
         &ctx.shots,
         &ctx.device,
     )?;
@@ -95,7 +95,7 @@ pub fn run(args: Args) -> Result<()> {
     if args.json {
         let experts: Vec<f64> = ev.experts.iter().map(|e| e.accuracy).collect();
         let out = serde_json::json!({
-            "method": cfg.method.name(),
+            "method": cfg.method.name,
             "dataset": cfg.data.dataset,
             "accuracy": r.accuracy,
             "many_shot_acc": r.many,
@@ -122,7 +122,7 @@ pub fn run(args: Args) -> Result<()> {
     };
     println!(
         "{} on {} ({} test images)",
-        cfg.method.name(),
+        cfg.method.name,
         ctx.dataset,
         r.samples
     );
@@ -130,7 +130,7 @@ pub fn run(args: Args) -> Result<()> {
         "{:<24} {:>8} {:>8} {:>8} {:>8}",
         "", "overall", "many", "medium", "few"
     );
-    let label = match cfg.method.name() {
+    let label = match cfg.method.name.as_str() {
         "tlc" => "fused (TLC)",
         _ => "mean of experts",
     };
@@ -158,8 +158,8 @@ pub fn run(args: Args) -> Result<()> {
 
 /// Loads the checkpoint and the data it is evaluated on.
 pub fn context(args: &Args) -> Result<EvalContext> {
-    let device = longtail::device::device_announced(&args.device)?;
-    let loaded = run::load_checkpoint(&args.checkpoint, &device)?;
+    let device = device_announced(&args.device)?;
+    let loaded = longtail::hub::load_checkpoint(&args.checkpoint, &Registry, &device)?;
     let mut cfg = loaded.config.clone();
     if let Some(d) = &args.dataset {
         cfg.data.dataset = d.clone();
@@ -167,7 +167,7 @@ pub fn context(args: &Args) -> Result<EvalContext> {
     if let Some(d) = &args.data_dir {
         cfg.data.data_dir = Some(d.clone());
     }
-    let (name, splits) = run::load_data(&cfg)?;
+    let (name, splits) = load_data(&cfg)?;
     if splits.test.num_classes != loaded.config.model.num_classes {
         bail!(
             "the checkpoint has {} classes but {} has {}",
@@ -176,8 +176,9 @@ pub fn context(args: &Args) -> Result<EvalContext> {
             splits.test.num_classes
         );
     }
-    let objective = longtail::methods::objective(&cfg.method, &loaded.class_counts, &device)?;
-    let (_, eval_transform) = run::transforms(&cfg, name);
+    let objective =
+        registry::method(&cfg.method.name)?.build(&cfg, &loaded.class_counts, &device)?;
+    let (_, eval_transform) = transforms(&cfg, name);
     let shots = shot_groups(&loaded.class_counts, args.rule);
     Ok(EvalContext {
         loaded,

@@ -1,11 +1,11 @@
 //! `longtail eval --test-dist`: accuracy under test-time label shift, plain averaging vs SADE's
-//! test-time self-supervised aggregation, one column per test distribution (spec sade.md §2–§3).
+//! test-time self-supervised aggregation, one column per test distribution (docs/sade.md §2–§3).
 
 use std::io::Write;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use longtail::shift::{self, ShiftConfig, ShiftEvaluator, ShiftResult};
+use longtail::sade::shift::{self, ShiftConfig, ShiftEvaluator, ShiftResult};
 
 use super::eval::{Args, EvalContext};
 
@@ -59,7 +59,7 @@ pub fn run(args: &Args, ctx: &EvalContext) -> Result<()> {
         );
         results.push(r);
     }
-    let method = ctx.config.method.name();
+    let method = ctx.config.method.name.as_str();
     let experts: Vec<&str> = if method == "sade" && ctx.loaded.config.model.num_experts == 3 {
         vec!["forward", "uniform", "backward"]
     } else {
@@ -70,7 +70,7 @@ pub fn run(args: &Args, ctx: &EvalContext) -> Result<()> {
             .with_context(|| format!("cannot create the plot directory {}", dir.display()))?;
         let path = dir.join("test_dist.png");
         let title = format!("{method} on {}: test-time label shift", ctx.dataset);
-        shift::plot::write_png(&results, &path, &title, &experts)?;
+        crate::plots::shift::write_png(&results, &path, &title, &experts)?;
         eprintln!("wrote {}", path.display());
     }
     if args.json {
@@ -140,7 +140,7 @@ fn print_table(
         "",
         results
             .iter()
-            .map(|r| shift::plot::short_name(&r.distribution))
+            .map(|r| crate::plots::shift::short_name(&r.distribution))
             .collect(),
     )?;
     line(

@@ -1,38 +1,42 @@
 //! `longtail eval --uncertainty`: failure prediction, calibration, selective risk and OOD
 //! detection of a checkpoint, per shot group; for TLC also its own uncertainty score, the
 //! official vs per-sample combination and the early-exit accuracy / compute curve. The numbers
-//! come from [`longtail::uncertainty`]; this file loads the OOD set and prints.
+//! come from [`longtail::tlc::report`]; this file loads the OOD set and prints.
 
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use longtail::data::{load_splits, DataSpec, Dataset, DatasetName};
-use longtail::uncertainty::{
-    evaluate_uncertainty, plot, ScoreMetrics, UncertaintyInput, UncertaintyReport,
-    DEFAULT_THRESHOLDS,
+use longtail::tlc::report::{
+    evaluate_uncertainty, ScoreMetrics, UncertaintyInput, UncertaintyReport, DEFAULT_THRESHOLDS,
 };
+use longtail::tlc::Tlc;
+
+use crate::plots::uncertainty as plot;
 
 use super::eval::{Args, EvalContext};
-
-/// Evaluation batch when the run's preset does not name one (TLC's official combination is
-/// normalised over this batch).
-const DEFAULT_EVAL_BATCH: usize = 256;
 
 /// Evaluates uncertainty metrics and prints them (tables or `--json`), writing plots with
 /// `--plot-dir`.
 pub fn run(args: &Args, ctx: &EvalContext) -> Result<()> {
     let ood = load_ood(args, ctx)?;
     let test = Arc::new(ctx.splits.test.clone());
+    let tlc = match ctx.config.method.name.as_str() {
+        "tlc" => Some(Tlc::settings(&ctx.config)?),
+        _ => None,
+    };
     let report = evaluate_uncertainty(&UncertaintyInput {
         model: &ctx.loaded.model,
         objective: ctx.objective.as_ref(),
-        method: &ctx.config.method,
+        tlc: tlc.as_ref(),
         dataset: ctx.dataset.as_str(),
         test: &test,
         ood: ood.as_ref().map(|(n, d)| (n.as_str(), d)),
         transform: &ctx.eval_transform,
         shots: &ctx.shots,
-        batch_size: eval_batch(ctx),
+        // The run's eval batch (TLC's official CIFAR recipe evaluates in batches of 4096,
+        // ImageNet 512; docs/tlc.md §5): the official combination is normalised over it.
+        batch_size: ctx.config.optim.eval_batch_size,
         thresholds: &DEFAULT_THRESHOLDS,
         device: &ctx.device,
     })?;
@@ -51,18 +55,6 @@ pub fn run(args: &Args, ctx: &EvalContext) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// The evaluation batch of the run's TLC preset (the official CIFAR recipe evaluates in batches
-/// of 4096, ImageNet 512; spec tlc.md §5), else 256.
-fn eval_batch(ctx: &EvalContext) -> usize {
-    let Some(name) = ctx.config.preset.as_deref() else {
-        return DEFAULT_EVAL_BATCH;
-    };
-    longtail::tlc::presets::PRESETS
-        .iter()
-        .find(|p| p.name == name)
-        .map_or(DEFAULT_EVAL_BATCH, |p| (p.build)().eval_batch_size)
 }
 
 /// Loads the test split of `--ood-data` and checks its images match the model's input.

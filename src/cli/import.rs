@@ -6,7 +6,8 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use candle_core::Device;
-use longtail::run::{self, ImportOptions};
+use longtail::hub::{import_official, ImportOptions};
+use longtail::registry::Registry;
 use longtail_hub::CardOptions;
 
 /// Arguments of `longtail import`.
@@ -35,7 +36,7 @@ pub fn run(args: Args) -> Result<()> {
         dataset: args.dataset,
         classes: args.classes,
     };
-    let imported = run::import_official(&args.file, &opts, &Device::Cpu)?;
+    let imported = import_official(&args.file, &opts, &Registry, &Device::Cpu)?;
     let tensors: BTreeMap<String, candle_core::Tensor> = {
         let data = imported.loaded.varmap.data().lock().expect("varmap lock");
         data.iter()
@@ -53,7 +54,7 @@ pub fn run(args: Args) -> Result<()> {
     println!(
         "imported {} as {} ({:?}, {} experts, {} classes, preset {}) → {}",
         args.file.display(),
-        imported.loaded.config.method.name(),
+        imported.loaded.config.method.name,
         m.arch,
         m.num_experts,
         m.num_classes,

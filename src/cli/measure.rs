@@ -18,9 +18,9 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 
-use crate::backbone::{trainable_vars, Kernels, MultiExpert};
-use crate::config::preset;
-use crate::train::{Sgd, SgdConfig};
+use longtail::backbone::{trainable_vars, Kernels, MultiExpert};
+use longtail::registry::{self, preset};
+use longtail::train::{Sgd, SgdConfig};
 
 /// One benchmarked model.
 #[derive(Clone, Debug)]
@@ -66,8 +66,6 @@ pub struct Settings {
 pub struct Measurement {
     /// The model's name.
     pub model: &'static str,
-    /// Our kernels or stock ops.
-    pub kernels: Kernels,
     /// Median seconds of one training step.
     pub step_s: f64,
     /// Median seconds of the forward part of a step.
@@ -146,7 +144,7 @@ pub fn measure(model: &Model, kernels: Kernels, settings: &Settings) -> Result<M
     let (varmap, net) = MultiExpert::seeded(&cfg.model, 1, &dev)?;
     let experts: Vec<usize> = (0..model.experts).collect();
     let macs = net.macs(32, 32, &experts)?.total();
-    let mut objective = crate::methods::objective(&cfg.method, &counts, &dev)?;
+    let mut objective = registry::method(&cfg.method.name)?.build(&cfg, &counts, &dev)?;
     objective.begin_epoch(1)?;
     let mut opt = Sgd::new(trainable_vars(&varmap), SgdConfig::default())?;
     opt.set_lr(0.1);
@@ -154,6 +152,11 @@ pub fn measure(model: &Model, kernels: Kernels, settings: &Settings) -> Result<M
     let x = det_uniform(b * 3 * 32 * 32, 7, &[b, 3, 32, 32])?;
     let y: Vec<u32> = (0..b as u32).map(|i| (i * 37) % 100).collect();
     let y = Tensor::from_vec(y, b, &dev)?;
+    let batch = longtail::data::Batch {
+        images: x.clone(),
+        labels: y,
+        indices: (0..b).collect(),
+    };
 
     longtail_kernels::trim_allocator();
     let rss = reset_peak_rss();
@@ -161,7 +164,7 @@ pub fn measure(model: &Model, kernels: Kernels, settings: &Settings) -> Result<M
     for step in 0..=settings.steps {
         let t0 = Instant::now();
         let out = net.forward_t(&x, true)?;
-        let loss = objective.loss(&out, &y)?;
+        let loss = objective.loss(&out, &batch)?;
         let t_fwd = t0.elapsed().as_secs_f64();
         let grads = loss.backward()?;
         opt.step(&grads)?;
@@ -190,7 +193,6 @@ pub fn measure(model: &Model, kernels: Kernels, settings: &Settings) -> Result<M
     let step_s = median(steps);
     Ok(Measurement {
         model: model.name,
-        kernels,
         step_s,
         forward_s: median(forwards),
         train_img_s: b as f64 / step_s,

@@ -9,12 +9,13 @@ pub mod eval_shift;
 pub mod eval_uncertainty;
 pub mod export;
 pub mod import;
+mod measure;
 pub mod presets;
 pub mod pull;
 pub mod route;
 pub mod train;
 
-/// Train and evaluate long-tailed multi-expert classifiers (RIDE, SADE, TLC).
+/// Train and evaluate long-tailed multi-expert classifiers (RIDE, SADE, TLC, and the CE baseline).
 #[derive(Parser, Debug)]
 #[command(name = "longtail", version, about)]
 pub struct Cli {

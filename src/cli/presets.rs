@@ -10,9 +10,9 @@ pub struct Args {
 /// Run `longtail presets`.
 pub fn run(args: Args) -> anyhow::Result<()> {
     match args.name {
-        Some(n) => print!("{}", longtail::config::preset(&n)?.to_toml()?),
+        Some(n) => print!("{}", longtail::registry::preset(&n)?.to_toml()?),
         None => {
-            for p in longtail::config::presets() {
+            for p in longtail::registry::presets() {
                 println!("{:<26} {}", p.name, p.summary);
             }
         }

@@ -7,10 +7,11 @@ use std::sync::Arc;
 
 use anyhow::{bail, Result};
 use longtail::data::{shot_groups, ShotRule};
-use longtail::router::{
+use longtail::registry::Registry;
+use longtail::ride::stage2::{
     evaluate_routed, load_router, save_router, train_router, RouterRecipe, ROUTER_FILE,
 };
-use longtail::run;
+use longtail::train::device::device_announced;
 
 /// Arguments of `longtail route`.
 #[derive(clap::Args, Debug)]
@@ -24,24 +25,24 @@ pub struct Args {
     /// Only evaluate the router already saved in --out / the run directory.
     #[arg(long)]
     pub eval_only: bool,
-    /// Epochs of stage 2.
-    #[arg(long, default_value_t = 5)]
-    pub epochs: usize,
-    /// Images per step.
-    #[arg(long, default_value_t = 512)]
-    pub batch_size: usize,
-    /// Initial learning rate (cosine-annealed per epoch to 0).
-    #[arg(long, default_value_t = 0.01)]
-    pub lr: f64,
+    /// Epochs of stage 2 (official: 5).
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Images per step (official: 512).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Initial learning rate, cosine-annealed per epoch to 0 (official: 0.01).
+    #[arg(long)]
+    pub lr: Option<f64>,
     /// BCE weight of "consult the next expert": higher uses more experts (official: 100).
-    #[arg(long, default_value_t = 100.0)]
-    pub pos_weight: f64,
+    #[arg(long)]
+    pub pos_weight: Option<f64>,
     /// k of the top-k logit input (default: 30 for up to 100 classes, else 50).
     #[arg(long)]
     pub top_k: Option<usize>,
-    /// Seed of the head's initialisation, sampler and augmentation.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    /// Seed of the head's initialisation, sampler and augmentation (default 0).
+    #[arg(long)]
+    pub seed: Option<u64>,
     /// Many/medium/few rule: ride or oltr.
     #[arg(long, default_value = "ride")]
     pub rule: ShotRule,
@@ -55,8 +56,8 @@ pub struct Args {
 
 /// Run `longtail route`.
 pub fn run(args: Args) -> Result<()> {
-    let device = longtail::device::device_announced(&args.device)?;
-    let loaded = run::load_checkpoint(&args.checkpoint, &device)?;
+    let device = device_announced(&args.device)?;
+    let loaded = longtail::hub::load_checkpoint(&args.checkpoint, &Registry, &device)?;
     let e = loaded.config.model.num_experts;
     if e < 2 {
         bail!(
@@ -64,7 +65,7 @@ pub fn run(args: Args) -> Result<()> {
             args.checkpoint.display()
         );
     }
-    let method = loaded.config.method.name();
+    let method = loaded.config.method.name.as_str();
     if method != "ride" && !args.json {
         println!(
             "note: routing is RIDE's stage 2; on this {method} run it routes over the mean of the \
@@ -79,18 +80,19 @@ pub fn run(args: Args) -> Result<()> {
             _ => bail!("give --out DIR for the router (the checkpoint is not a local run)"),
         },
     };
-    let (name, splits) = run::load_data(&loaded.config)?;
-    let (train_tf, eval_tf) = run::transforms(&loaded.config, name);
+    let data = loaded.data()?;
+    let (splits, train_tf, eval_tf) = (data.splits, data.train_transform, data.eval_transform);
     let router = if args.eval_only {
         load_router(&out.join(ROUTER_FILE), &loaded.model, &device)?
     } else {
+        let official = RouterRecipe::default();
         let recipe = RouterRecipe {
-            epochs: args.epochs,
-            batch_size: args.batch_size,
-            lr: args.lr,
-            pos_weight: args.pos_weight,
-            top_k: args.top_k,
-            seed: args.seed,
+            epochs: args.epochs.unwrap_or(official.epochs),
+            batch_size: args.batch_size.unwrap_or(official.batch_size),
+            lr: args.lr.unwrap_or(official.lr),
+            pos_weight: args.pos_weight.unwrap_or(official.pos_weight),
+            top_k: args.top_k.or(official.top_k),
+            seed: args.seed.unwrap_or(official.seed),
         };
         let train = Arc::new(splits.train.clone());
         let (varmap, router) = train_router(
@@ -127,7 +129,7 @@ pub fn run(args: Args) -> Result<()> {
         &test,
         &eval_tf,
         &shots,
-        256,
+        loaded.config.optim.eval_batch_size,
         &device,
     )?;
     if args.json {

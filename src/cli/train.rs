@@ -4,9 +4,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use longtail::config::{preset, RunConfig};
-use longtail::run;
-use longtail::train::{FitSummary, Progress};
+use longtail::registry::{self, preset};
+use longtail::train::device::device_announced;
+use longtail::train::{train_run, FitSummary, Progress, RunConfig};
 
 /// Arguments of `longtail train`.
 #[derive(clap::Args, Debug, Clone)]
@@ -86,7 +86,7 @@ pub fn resolve(args: &Args) -> Result<RunConfig> {
         cfg.data.imbalance = v;
     }
     if let Some(e) = args.experts {
-        if cfg.method.name() == "ce" && e != 1 {
+        if cfg.method.name == "ce" && e != 1 {
             bail!("the CE baseline has one expert (got --experts {e})");
         }
         cfg.model.num_experts = e;
@@ -106,7 +106,7 @@ pub fn resolve(args: &Args) -> Result<RunConfig> {
     if let Some(v) = args.val_fraction {
         cfg.data.val_fraction = Some(v);
     }
-    cfg.check()?;
+    registry::check(&cfg)?;
     Ok(cfg)
 }
 
@@ -116,7 +116,7 @@ pub fn run(args: Args) -> Result<()> {
     let name = cfg
         .preset
         .clone()
-        .unwrap_or_else(|| format!("{}.{}", cfg.method.name(), cfg.data.dataset));
+        .unwrap_or_else(|| format!("{}.{}", cfg.method.name, cfg.data.dataset));
     let out = args
         .out
         .clone()
@@ -132,22 +132,21 @@ pub fn run(args: Args) -> Result<()> {
         cfg.optim.epochs,
         out.display()
     );
-    let device = longtail::device::device_announced(&args.device)?;
+    let device = device_announced(&args.device)?;
+    let method = registry::method(&cfg.method.name)?;
     let t0 = Instant::now();
-    let summary = run::train_on(&cfg, &out, args.resume, progress, &device)?;
+    let summary = train_run(&cfg, method, &out, args.resume, progress, &device)?;
     let wall = t0.elapsed().as_secs_f64();
     print_summary(&name, &summary, wall);
-    if args.compare_ce && cfg.method.name() != "ce" {
+    if args.compare_ce && cfg.method.name != "ce" {
         let ce_name = format!(
             "ce.{}",
             name.split_once('.')
                 .map_or(cfg.data.dataset.as_str(), |(_, d)| d)
         );
-        let mut ce = preset(&ce_name)?;
-        ce.seed = cfg.seed;
-        ce.data = cfg.data.clone();
-        ce.optim = cfg.optim.clone();
-        ce.model.num_classes = cfg.model.num_classes;
+        // The same data, network family and optimisation with one plain expert.
+        let mut ce = longtail::baselines::ce_baseline_of(&cfg);
+        ce.preset = Some(ce_name.clone());
         let ce_out = out.with_file_name(format!(
             "{}-ce",
             out.file_name()
@@ -159,7 +158,14 @@ pub fn run(args: Args) -> Result<()> {
         );
         let t1 = Instant::now();
         let resume = ce_out.join(longtail::train::trainer::LAST).exists();
-        let ce_summary = run::train_on(&ce, &ce_out, resume, progress, &device)?;
+        let ce_summary = train_run(
+            &ce,
+            registry::method("ce")?,
+            &ce_out,
+            resume,
+            progress,
+            &device,
+        )?;
         print_summary(&ce_name, &ce_summary, t1.elapsed().as_secs_f64());
         println!();
         println!(

@@ -1,29 +1,12 @@
 //! The label-shift figure: accuracy (plain vs aggregated) and the learned expert weights across the
-//! test distributions, as one PNG (plotters' bitmap backend).
-//!
-//! Text is drawn with an embedded DejaVu Sans Mono (Bitstream Vera licence, `LICENSE-DejaVu.txt`
-//! beside this file) through plotters' `ab_glyph` feature, so no system font is needed.
+//! test distributions, as one PNG.
 
 use std::path::Path;
-use std::sync::Once;
-
 use anyhow::{anyhow, Result};
+use longtail_sade::shift::ShiftResult;
 use plotters::prelude::*;
-use plotters::style::FontStyle;
 
-use super::ShiftResult;
-
-static FONT: &[u8] = include_bytes!("DejaVuSansMono.ttf");
-static REGISTER: Once = Once::new();
-
-fn register_font() -> Result<()> {
-    let mut result = Ok(());
-    REGISTER.call_once(|| {
-        result = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT)
-            .map_err(|_| anyhow!("the embedded font is not a valid TrueType file"));
-    });
-    result
-}
+use super::register_font;
 
 /// Short column label: `F50`, `Uni`, `B2`, ….
 pub fn short_name(name: &str) -> String {

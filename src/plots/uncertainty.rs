@@ -1,20 +1,12 @@
 //! PNG plots of an [`UncertaintyReport`]: the risk–coverage curve and the reliability diagram.
-//!
-//! Drawn with `plotters`' bitmap backend. Text uses DejaVu Sans, embedded in the binary
-//! (`src/uncertainty/DejaVuSans.ttf`, Bitstream Vera licence in `DejaVuSans-LICENSE.txt`, from
-//! Debian's `fonts-dejavu-core`) and registered with `plotters`' `ab_glyph` backend, so plotting
-//! needs no system font.
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
 use anyhow::{anyhow, Context, Result};
+use longtail_tlc::report::{ScoreReport, UncertaintyReport};
 use plotters::prelude::*;
-use plotters::style::FontStyle;
 
-use super::{ScoreReport, UncertaintyReport};
-
-static FONT: &[u8] = include_bytes!("DejaVuSans.ttf");
+use super::register_font;
 
 /// The plot files [`write_plots`] writes.
 pub const RISK_COVERAGE_PNG: &str = "risk_coverage.png";
@@ -27,18 +19,6 @@ const COLOURS: [RGBColor; 4] = [
     RGBColor(44, 160, 44),
     RGBColor(148, 103, 189),
 ];
-
-fn register_font() -> Result<()> {
-    static DONE: OnceLock<bool> = OnceLock::new();
-    let ok = *DONE.get_or_init(|| {
-        plotters::style::register_font("sans-serif", FontStyle::Normal, FONT).is_ok()
-    });
-    if ok {
-        Ok(())
-    } else {
-        Err(anyhow!("the embedded DejaVu Sans font cannot be parsed"))
-    }
-}
 
 fn plot_err<E: std::fmt::Display>(path: &Path) -> impl Fn(E) -> anyhow::Error + '_ {
     move |e| anyhow!("cannot draw {}: {e}", path.display())

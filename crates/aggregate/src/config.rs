@@ -1,13 +1,13 @@
 //! Configuration of the epoch-based and the streaming aggregators, with the official presets.
 
 use crate::error::{AggregateError, Result};
-use crate::sgd::SgdConfig;
+use crate::sgd::TestTimeSgd;
 
 /// Configuration of [`TestTimeAggregator`](crate::TestTimeAggregator) (spec sade.md §2 steps 6–7).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AggregatorConfig {
     /// The optimiser on ω.
-    pub sgd: SgdConfig,
+    pub sgd: TestTimeSgd,
     /// Samples per step (official: 128, hard-coded). The last batch of an epoch may be smaller.
     pub batch_size: usize,
     /// Full passes over the unlabeled set at most (official: 5).
@@ -69,7 +69,7 @@ pub const PRESETS: &[Preset] = &[
 impl AggregatorConfig {
     fn official(lr: f64, weight_decay: f64, entropy_coef: f64) -> Self {
         Self {
-            sgd: SgdConfig {
+            sgd: TestTimeSgd {
                 lr,
                 momentum: 0.9,
                 nesterov: true,
@@ -169,7 +169,7 @@ pub(crate) fn check_entropy(coef: f64) -> Result<()> {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct StreamingConfig {
     /// The optimiser on ω.
-    pub sgd: SgdConfig,
+    pub sgd: TestTimeSgd,
     /// λ of the entropy term (0 in the official online script).
     pub entropy_coef: f64,
 }

@@ -4,7 +4,7 @@ use candle_core::{DType, Tensor, Var};
 
 use crate::error::Result;
 use crate::objective::{self, StabilityLoss};
-use crate::sgd::{Sgd, SgdConfig};
+use crate::sgd::{Sgd, TestTimeSgd};
 
 /// `softmax(ω)` on the host, in f64.
 pub(crate) fn softmax(omega: &[f64]) -> Vec<f64> {
@@ -31,7 +31,7 @@ pub(crate) struct Learner {
 impl Learner {
     /// ω filled with `1/E`, as the official `aggregation_weight.data.fill_(1/3)`: the weights
     /// start uniform, and weight decay then acts on `1/E`, not 0, exactly as there.
-    pub(crate) fn new(experts: usize, sgd: SgdConfig, entropy_coef: f64) -> Result<Self> {
+    pub(crate) fn new(experts: usize, sgd: TestTimeSgd, entropy_coef: f64) -> Result<Self> {
         Ok(Self {
             omega: vec![1.0 / experts as f64; experts],
             sgd: Sgd::new(sgd)?,

@@ -64,5 +64,5 @@ pub use config::{AggregatorConfig, Preset, StreamingConfig, PRESETS};
 pub use error::{AggregateError, Result};
 pub use fit::{EpochTrace, Fit, TestTimeAggregator};
 pub use objective::{stability_loss, StabilityLoss, COSINE_EPS};
-pub use sgd::{Sgd, SgdConfig};
+pub use sgd::{Sgd, TestTimeSgd};
 pub use stream::StreamingAggregator;

@@ -8,7 +8,7 @@ use crate::error::{AggregateError, Result};
 /// from each dataset's training config: CIFAR-100-LT lr 0.1 / wd 5e-4, ImageNet-LT 0.025 / 5e-4,
 /// iNaturalist 0.2 / 2e-4, Places-LT 0.01 / 4e-4.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct SgdConfig {
+pub struct TestTimeSgd {
     /// Learning rate (> 0).
     pub lr: f64,
     /// Momentum μ in `[0, 1)`; 0.9 in every official config.
@@ -19,7 +19,7 @@ pub struct SgdConfig {
     pub weight_decay: f64,
 }
 
-impl Default for SgdConfig {
+impl Default for TestTimeSgd {
     /// CIFAR-100-LT: lr 0.1, momentum 0.9, Nesterov, wd 5e-4.
     fn default() -> Self {
         Self {
@@ -31,7 +31,7 @@ impl Default for SgdConfig {
     }
 }
 
-impl SgdConfig {
+impl TestTimeSgd {
     /// Validates the values (the same rules as `torch.optim.SGD`'s constructor).
     pub fn check(self) -> Result<Self> {
         let bad = |field, value: f64, reason| AggregateError::Config {
@@ -73,13 +73,13 @@ impl SgdConfig {
 /// where PyTorch keeps them in f32 on the GPU; the results differ by float rounding only.
 #[derive(Clone, Debug)]
 pub struct Sgd {
-    config: SgdConfig,
+    config: TestTimeSgd,
     buf: Option<Vec<f64>>,
 }
 
 impl Sgd {
     /// A fresh optimiser (no momentum yet). Validates `config`.
-    pub fn new(config: SgdConfig) -> Result<Self> {
+    pub fn new(config: TestTimeSgd) -> Result<Self> {
         Ok(Self {
             config: config.check()?,
             buf: None,
@@ -87,7 +87,7 @@ impl Sgd {
     }
 
     /// The hyperparameters.
-    pub fn config(&self) -> SgdConfig {
+    pub fn config(&self) -> TestTimeSgd {
         self.config
     }
 
@@ -115,7 +115,7 @@ impl Sgd {
                 what: "gradient of omega".into(),
             });
         }
-        let SgdConfig {
+        let TestTimeSgd {
             lr,
             momentum: mu,
             nesterov,
@@ -160,7 +160,7 @@ mod tests {
     ///         d = 1.0030905 + 0.9·1.9075905 = 2.71992195, ω = 0.30905 − 0.271992195 = 0.037057805.
     #[test]
     fn nesterov_matches_hand_computed_steps() {
-        let mut opt = Sgd::new(SgdConfig {
+        let mut opt = Sgd::new(TestTimeSgd {
             lr: 0.1,
             momentum: 0.9,
             nesterov: true,
@@ -179,7 +179,7 @@ mod tests {
 
     #[test]
     fn plain_momentum_and_no_momentum() {
-        let cfg = SgdConfig {
+        let cfg = TestTimeSgd {
             lr: 0.5,
             momentum: 0.5,
             nesterov: false,
@@ -191,7 +191,7 @@ mod tests {
         close(w[0], 0.0);
         opt.step(&mut w, &[2.0]).unwrap(); // buf 3, ω = −1.5
         close(w[0], -1.5);
-        let mut opt = Sgd::new(SgdConfig {
+        let mut opt = Sgd::new(TestTimeSgd {
             momentum: 0.0,
             ..cfg
         })
@@ -205,22 +205,22 @@ mod tests {
 
     #[test]
     fn rejects_bad_config_and_gradients() {
-        let base = SgdConfig::default();
+        let base = TestTimeSgd::default();
         for cfg in [
-            SgdConfig { lr: 0.0, ..base },
-            SgdConfig {
+            TestTimeSgd { lr: 0.0, ..base },
+            TestTimeSgd {
                 lr: f64::NAN,
                 ..base
             },
-            SgdConfig {
+            TestTimeSgd {
                 momentum: 1.0,
                 ..base
             },
-            SgdConfig {
+            TestTimeSgd {
                 momentum: 0.0,
                 ..base
             },
-            SgdConfig {
+            TestTimeSgd {
                 weight_decay: -1.0,
                 ..base
             },

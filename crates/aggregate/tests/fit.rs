@@ -2,7 +2,7 @@
 
 use candle_core::{Device, Tensor};
 use longtail_aggregate::{
-    stability_loss, AggregatorConfig, SgdConfig, StreamingAggregator, StreamingConfig,
+    stability_loss, AggregatorConfig, TestTimeSgd, StreamingAggregator, StreamingConfig,
     TestTimeAggregator,
 };
 
@@ -10,9 +10,9 @@ use crate::common::{agreeing_views, argmax, f32, Gen};
 
 fn no_stop(lr: f64) -> AggregatorConfig {
     AggregatorConfig {
-        sgd: SgdConfig {
+        sgd: TestTimeSgd {
             lr,
-            ..SgdConfig::default()
+            ..TestTimeSgd::default()
         },
         batch_size: 64,
         stop_below: None,
@@ -91,7 +91,7 @@ fn early_stop_does_not_fire_while_weights_stay_above_threshold() {
 fn nesterov_steps_match_finite_difference_gradients() {
     let (a, b) = agreeing_views(&mut Gen::new(3), 3, 16, 5, 0, 2.0);
     let (lr, mu, wd) = (0.3, 0.9, 0.01);
-    let sgd = SgdConfig {
+    let sgd = TestTimeSgd {
         lr,
         momentum: mu,
         nesterov: true,

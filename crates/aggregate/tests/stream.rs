@@ -1,7 +1,7 @@
 //! The streaming aggregator across batches and distribution shifts.
 
 use candle_core::Tensor;
-use longtail_aggregate::{weighted_logits, SgdConfig, StreamingAggregator, StreamingConfig};
+use longtail_aggregate::{weighted_logits, TestTimeSgd, StreamingAggregator, StreamingConfig};
 
 use crate::common::{agreeing_views, argmax, f32, Gen};
 
@@ -22,9 +22,9 @@ fn batches(gen: &mut Gen, agree: usize, count: usize) -> Vec<(Tensor, Tensor)> {
 fn streaming_adapts_across_two_distributions() {
     let mut gen = Gen::new(21);
     let cfg = StreamingConfig {
-        sgd: SgdConfig {
+        sgd: TestTimeSgd {
             lr: 0.05,
-            ..SgdConfig::default()
+            ..TestTimeSgd::default()
         },
         entropy_coef: 0.0,
     };

@@ -8,7 +8,10 @@ use rand_chacha::ChaCha8Rng;
 use crate::transform::sample_seed;
 
 /// How an epoch's sample order is drawn. Every kind gives an epoch of `len` samples.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+///
+/// In a run config it is spelled `shuffled`, `sequential`, `class-balanced` or `square-root`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum SamplerKind {
     /// A random permutation of all images (`shuffle=True`).
     #[default]

@@ -144,6 +144,31 @@ pub struct Augment {
 /// The training-transform configuration (another name for [`Augment`]).
 pub type TrainTransform = Augment;
 
+/// The training augmentation a run config names (`augment = "…"` in `config.toml`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AugmentKind {
+    /// RIDE's CIFAR recipe: pad-4 random crop, flip, rotation ±15° ([`Augment::cifar`]).
+    #[default]
+    Standard,
+    /// LDAM-DRW's CIFAR recipe, used by SADE and TLC: pad-4 random crop and flip, no rotation
+    /// ([`Augment::cifar_ldam`]).
+    CropFlip,
+    /// No augmentation.
+    None,
+}
+
+impl AugmentKind {
+    /// The augmentation this kind names.
+    pub fn augment(self) -> Augment {
+        match self {
+            AugmentKind::Standard => Augment::cifar(),
+            AugmentKind::CropFlip => Augment::cifar_ldam(),
+            AugmentKind::None => Augment::none(),
+        }
+    }
+}
+
 impl Augment {
     /// No augmentation: the image as it is.
     pub fn none() -> Augment {

@@ -105,6 +105,9 @@ pub enum HubError {
     /// A backbone could not be built or loaded.
     #[error(transparent)]
     Backbone(#[from] longtail_backbone::BackboneError),
+    /// The engine failed (reading a checkpoint, the run config, the data).
+    #[error(transparent)]
+    Train(#[from] longtail_train::TrainError),
     /// A tensor operation failed.
     #[error(transparent)]
     Tensor(#[from] candle_core::Error),

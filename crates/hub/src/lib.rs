@@ -33,6 +33,7 @@ pub mod export;
 pub mod file;
 pub mod official;
 pub mod reference;
+pub mod run;
 pub mod torchvision;
 
 pub use error::{HubError, Result};
@@ -43,4 +44,5 @@ pub use reference::{
     checkpoint_file, fetch, offline_from_env, pull, resolve, resolve_path, resolve_with,
     CheckpointRef, HubOptions, HubRef, Pulled, CARD_FILE, CONFIG_FILE, MODEL_FILE, SCHEME,
 };
+pub use run::{import_official, load_checkpoint, ImportOptions, ImportedRun, Presets};
 pub use torchvision::{load_torchvision_file, load_torchvision_trunk, TrunkReport};

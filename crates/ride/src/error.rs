@@ -4,6 +4,9 @@
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RideError {
+    /// Another per-class constant could not be derived (longtail-losses).
+    #[error(transparent)]
+    Loss(longtail_losses::LossError),
     /// The class-count list is empty.
     #[error("no classes: the class-count list is empty")]
     NoClasses,
@@ -53,15 +56,51 @@ pub enum RideError {
         /// Number of classes.
         classes: usize,
     },
-    /// No preset has this name.
-    #[error("unknown preset {name:?}; known presets: {known}")]
-    UnknownPreset {
-        /// The name that was asked for.
-        name: String,
-        /// The known names, comma separated.
-        known: String,
+    /// Stage 2 cannot run as asked (a single-expert model, an empty recipe, no training data).
+    #[error("{0}")]
+    Stage2(String),
+    /// A router file cannot be used with this model.
+    #[error("{}: {reason}", .path.display())]
+    RouterFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        reason: String,
     },
+    /// The engine failed (data, checkpoint, evaluation).
+    #[error(transparent)]
+    Train(#[from] longtail_train::TrainError),
+    /// The data pipeline failed.
+    #[error(transparent)]
+    Data(#[from] longtail_data::DataError),
+    /// The network failed.
+    #[error(transparent)]
+    Backbone(#[from] longtail_backbone::BackboneError),
+    /// A metric could not be computed.
+    #[error(transparent)]
+    Metrics(#[from] longtail_metrics::MetricsError),
     /// A tensor operation failed.
     #[error(transparent)]
     Tensor(#[from] candle_core::Error),
+}
+
+impl From<longtail_losses::LossError> for RideError {
+    fn from(e: longtail_losses::LossError) -> Self {
+        use longtail_losses::LossError as L;
+        match e {
+            L::NoClasses => RideError::NoClasses,
+            L::EmptyClass { class } => RideError::EmptyClass { class },
+            L::NonFinite { field, value } => RideError::NonFinite { field, value },
+            L::OutOfRange {
+                field,
+                value,
+                expected,
+            } => RideError::OutOfRange {
+                field,
+                value,
+                expected,
+            },
+            other => RideError::Loss(other),
+        }
+    }
 }

@@ -5,8 +5,9 @@
 //! then "effective number" class weights late in training), and a *diversity* term pushes each
 //! expert's tempered softmax away from the (detached) ensemble mean, with per-class temperatures
 //! that are sharper for tail classes. The ensemble predicts with the mean of the expert logits.
-//! This crate owns the loss and the official training recipes, as implemented in
-//! `frank-xwang/RIDE-LongTailRecognition` at `ab8be5c` (see `shared/specs/ride.md`).
+//! This crate is the whole method, read top to bottom: the loss, the method the engine trains,
+//! the official recipes, and stage 2 (the expert-assignment router and its training), as
+//! implemented in `frank-xwang/RIDE-LongTailRecognition` at `ab8be5c` (docs/ride.md).
 //!
 //! Main items:
 //! - [`RideLoss`] (built from a [`RideLossConfig`]): the RIDE loss on `[B, E, C]` expert logits,
@@ -15,7 +16,10 @@
 //!   LDAM-DRW loss and the constants derived from the class counts.
 //! - [`ExpertRouter`] (stage 2, from a [`RouterConfig`]): the expert-assignment head that lets a
 //!   sample skip the experts it does not need, its loss and the routed prediction.
-//! - [`presets`]: the official recipes ([`presets::PRESETS`], [`presets::preset`]).
+//! - [`Ride`] (the registry entry, a `MethodKind`) and [`RideMethod`] (the engine's `Method`).
+//! - [`presets`]: the official recipes as typed run configs ([`presets::PRESETS`]).
+//! - [`stage2`]: training the router on a finished run ([`stage2::train_router`]), saving and
+//!   loading it, and the routed evaluation ([`stage2::evaluate_routed`]).
 //! - [`RideError`]: what can go wrong when building any of these.
 //!
 //! ```
@@ -35,11 +39,13 @@
 
 mod error;
 mod loss;
+mod method;
 pub mod presets;
 mod router;
+pub mod stage2;
 
 pub use error::RideError;
-pub use loss::{
-    diversity_temperatures, drw_weights, ldam_ce, ldam_margins, RideLoss, RideLossConfig,
-};
+pub use loss::{ldam_ce, RideLoss, RideLossConfig};
+pub use method::{Ride, RideMethod};
+pub use longtail_losses::{diversity_temperatures, drw_weights, ldam_margins};
 pub use router::{ExpertRouter, Routed, RouterConfig, ROUTER_HIDDEN};

@@ -4,6 +4,8 @@
 use candle_core::{DType, Device, Tensor, D};
 use serde::{Deserialize, Serialize};
 
+use longtail_losses::{check_range, diversity_temperatures, drw_weights, ldam_margins};
+
 use crate::RideError;
 
 /// Hyper-parameters of [`RideLoss`], named after the official `RIDELoss` arguments
@@ -92,11 +94,7 @@ impl RideLossConfig {
 }
 
 fn finite(field: &'static str, value: f64) -> Result<(), RideError> {
-    if value.is_finite() {
-        Ok(())
-    } else {
-        Err(RideError::NonFinite { field, value })
-    }
+    Ok(check_range(field, value, .., "finite")?)
 }
 
 fn at_least(
@@ -105,16 +103,7 @@ fn at_least(
     min: f64,
     expected: &'static str,
 ) -> Result<(), RideError> {
-    finite(field, value)?;
-    if value >= min {
-        Ok(())
-    } else {
-        Err(RideError::OutOfRange {
-            field,
-            value,
-            expected,
-        })
-    }
+    Ok(check_range(field, value, min.., expected)?)
 }
 
 fn positive(field: &'static str, value: f64) -> Result<(), RideError> {
@@ -131,83 +120,7 @@ fn positive(field: &'static str, value: f64) -> Result<(), RideError> {
 }
 
 fn unit_interval(field: &'static str, value: f64) -> Result<(), RideError> {
-    finite(field, value)?;
-    if (0.0..=1.0).contains(&value) {
-        Ok(())
-    } else {
-        Err(RideError::OutOfRange {
-            field,
-            value,
-            expected: "in [0, 1]",
-        })
-    }
-}
-
-fn check_counts(class_counts: &[usize]) -> Result<(), RideError> {
-    if class_counts.is_empty() {
-        return Err(RideError::NoClasses);
-    }
-    match class_counts.iter().position(|&n| n == 0) {
-        Some(class) => Err(RideError::EmptyClass { class }),
-        None => Ok(()),
-    }
-}
-
-/// LDAM margins `m_j = max_margin · (n_min / n_j)^{1/4}` (Cao et al., NeurIPS 2019, Eq. 13):
-/// proportional to `n_j^{-1/4}` and scaled so the rarest class gets `max_margin` (spec ride.md §3).
-pub fn ldam_margins(class_counts: &[usize], max_margin: f64) -> Result<Vec<f64>, RideError> {
-    check_counts(class_counts)?;
-    at_least("max_margin", max_margin, 0.0, ">= 0")?;
-    let raw: Vec<f64> = class_counts
-        .iter()
-        .map(|&n| (n as f64).powf(-0.25))
-        .collect();
-    let max = raw.iter().cloned().fold(f64::MIN, f64::max);
-    Ok(raw.iter().map(|m| m * max_margin / max).collect())
-}
-
-/// Deferred re-weighting (DRW) class weights from the "effective number" of samples
-/// (Cui et al., CVPR 2019): `w_j = (1 − β)/(1 − β^{n_j})`, renormalised so `Σ_j w_j = C`
-/// (spec ride.md §3). With `β = 0` every weight is 1.
-pub fn drw_weights(class_counts: &[usize], beta: f64) -> Result<Vec<f64>, RideError> {
-    check_counts(class_counts)?;
-    finite("drw_beta", beta)?;
-    if !(0.0..1.0).contains(&beta) {
-        return Err(RideError::OutOfRange {
-            field: "drw_beta",
-            value: beta,
-            expected: "in [0, 1)",
-        });
-    }
-    let raw: Vec<f64> = class_counts
-        .iter()
-        .map(|&n| (1.0 - beta) / (1.0 - beta.powf(n as f64)))
-        .collect();
-    let sum: f64 = raw.iter().sum();
-    let c = class_counts.len() as f64;
-    Ok(raw.iter().map(|w| w / sum * c).collect())
-}
-
-/// Per-class diversity temperatures `T_j = T_base · t_j / max_k t_k` with
-/// `t_j = C·p_j·r + 1 − r` and `p_j = n_j / Σn` (RIDE, spec ride.md §3): 1·T_base for the
-/// largest class, sharper (smaller) for tail classes. This is the code's division by the max,
-/// which produced the released models, not the paper's shift form (spec ride.md §3).
-pub fn diversity_temperatures(
-    class_counts: &[usize],
-    base_temperature: f64,
-    reweight_factor: f64,
-) -> Result<Vec<f64>, RideError> {
-    check_counts(class_counts)?;
-    positive("base_diversity_temperature", base_temperature)?;
-    unit_interval("reweight_factor", reweight_factor)?;
-    let total: f64 = class_counts.iter().map(|&n| n as f64).sum();
-    let c = class_counts.len() as f64;
-    let t: Vec<f64> = class_counts
-        .iter()
-        .map(|&n| c * (n as f64 / total) * reweight_factor + 1.0 - reweight_factor)
-        .collect();
-    let max = t.iter().cloned().fold(f64::MIN, f64::max);
-    Ok(t.iter().map(|t| base_temperature * t / max).collect())
+    Ok(check_range(field, value, 0.0..=1.0, "in [0, 1]")?)
 }
 
 /// The RIDE training loss (spec ride.md §3), for `E ≥ 1` experts.

@@ -1,108 +1,16 @@
-//! The official RIDE stage-1 recipes (spec ride.md §3 "Config values" and §5) as typed rows of
-//! a `const` table, plus two recipes of our own (`ride.cifar10-lt`, `ride.fmnist-lt`).
+//! The official RIDE stage-1 recipes (docs/ride.md §3 "Config values" and §5) as typed run
+//! configs, plus two recipes of our own (`ride.cifar10-lt`, `ride.fmnist-lt`).
 //!
-//! A [`Recipe`] is plain data: the loss config, the optimisation schedule, the backbone shape
-//! and the data set it was made for. The trainer maps it onto its own config.
+//! Each row of [`PRESETS`] builds a complete [`RunConfig`]: the data, the network, the RIDE
+//! loss settings and the optimisation, with the official values.
 
-use serde::{Deserialize, Serialize};
+use longtail_backbone::{Arch, BackboneConfig, Blocks};
+use longtail_data::AugmentKind;
+use longtail_train::{
+    DataConfig, LrSchedule, MethodConfig, OptimConfig, Preset, RunConfig, SgdConfig,
+};
 
-use crate::{RideError, RideLossConfig};
-
-/// The data set a recipe was made for.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DatasetSpec {
-    /// Data set name as the data crate knows it (`cifar100-lt`, `imagenet-lt`, `inat2018`, …).
-    pub name: String,
-    /// Number of classes `C`.
-    pub num_classes: usize,
-    /// Imbalance ratio `n_max / n_min` of the long-tailed training profile, where the recipe
-    /// builds the subset itself (CIFAR-LT: 100); `None` for data sets with fixed lists.
-    pub imbalance_ratio: Option<f64>,
-}
-
-/// The multi-expert backbone a recipe trains (spec ride.md §1).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BackboneSpec {
-    /// Architecture family: `resnet32` (CIFAR ResNet-s), `resnext50` (32×4d) or `resnet50`.
-    pub arch: String,
-    /// Number of experts `E`.
-    pub experts: usize,
-    /// Reduced per-expert widths (CIFAR 24/48 instead of 32/64; ImageNet planes 192/384).
-    pub reduce_dimension: bool,
-    /// Blocks in each stage of the CIFAR ResNet-s (5 for ResNet-32, 1 for a ResNet-8);
-    /// `None` for the ImageNet architectures, which have their standard `[3, 4, 6, 3]`.
-    pub blocks_per_stage: Option<usize>,
-    /// Input channels (3 for RGB, 1 for Fashion-MNIST).
-    pub in_channels: usize,
-    /// Scale `s` of the cosine (NormedLinear) classifier; the logits are `s·cos`.
-    pub cosine_scale: f64,
-}
-
-/// Learning-rate schedule, evaluated per epoch.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, tag = "kind", rename_all = "snake_case")]
-pub enum LrSchedule {
-    /// The official `CustomLR` (spec ride.md §5): with the 0-based epoch index `i = epoch − 1`,
-    /// the factor is 1 for `i < milestones[0]`, `gamma` for `milestones[0] ≤ i < milestones[1]`,
-    /// `gamma²` after; during warm-up (`i < warmup_epochs`) it is further multiplied by
-    /// `(i + 1) / warmup_epochs`.
-    Steps {
-        /// 0-based epoch indices at which the factor is multiplied by `gamma`.
-        milestones: Vec<usize>,
-        /// Decay factor at each milestone.
-        gamma: f64,
-    },
-}
-
-/// SGD and schedule settings (spec ride.md §5: SGD, momentum 0.9, PyTorch Nesterov semantics,
-/// weight decay on every parameter).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OptimSpec {
-    /// Number of training epochs.
-    pub epochs: usize,
-    /// Mini-batch size.
-    pub batch_size: usize,
-    /// Base learning rate.
-    pub lr: f64,
-    /// SGD momentum.
-    pub momentum: f64,
-    /// L2 weight decay, added to the gradient of every parameter.
-    pub weight_decay: f64,
-    /// Nesterov momentum.
-    pub nesterov: bool,
-    /// Linear warm-up length in epochs (0 = none).
-    pub warmup_epochs: usize,
-    /// Learning-rate decay schedule.
-    pub schedule: LrSchedule,
-}
-
-/// One complete RIDE stage-1 recipe.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Recipe {
-    /// The data set it was made for.
-    pub dataset: DatasetSpec,
-    /// Backbone shape.
-    pub backbone: BackboneSpec,
-    /// RIDE loss hyper-parameters.
-    pub loss: RideLossConfig,
-    /// Optimisation.
-    pub optim: OptimSpec,
-}
-
-/// A named recipe: one row of [`PRESETS`].
-#[derive(Clone, Copy, Debug)]
-pub struct Preset {
-    /// `ride.<dataset>`.
-    pub name: &'static str,
-    /// One line saying what it is and where its values come from.
-    pub summary: &'static str,
-    /// Builds the recipe.
-    pub build: fn() -> Recipe,
-}
+use crate::RideLossConfig;
 
 /// Every RIDE preset.
 pub const PRESETS: &[Preset] = &[
@@ -133,26 +41,10 @@ pub const PRESETS: &[Preset] = &[
     Preset {
         name: "ride.fmnist-lt",
         summary:
-            "bundled Fashion-MNIST-LT, 1-block ResNet-s 3 experts, 12 epochs: a CPU smoke recipe",
+            "bundled Fashion-MNIST-LT, 1-block ResNet-s 3 experts, 48 epochs (steps 32/40, DRW at 32): a CPU recipe",
         build: fmnist_lt,
     },
 ];
-
-/// Looks a preset up by name and builds its recipe.
-pub fn preset(name: &str) -> Result<Recipe, RideError> {
-    PRESETS
-        .iter()
-        .find(|p| p.name == name)
-        .map(|p| (p.build)())
-        .ok_or_else(|| RideError::UnknownPreset {
-            name: name.to_string(),
-            known: PRESETS
-                .iter()
-                .map(|p| p.name)
-                .collect::<Vec<_>>()
-                .join(", "),
-        })
-}
 
 fn ride_loss(diversity_factor: f64, reweight_epoch: usize, reweight_factor: f64) -> RideLossConfig {
     RideLossConfig {
@@ -163,28 +55,34 @@ fn ride_loss(diversity_factor: f64, reweight_epoch: usize, reweight_factor: f64)
     }
 }
 
-fn cifar_resnet32(blocks_per_stage: usize, in_channels: usize) -> BackboneSpec {
-    BackboneSpec {
-        arch: "resnet32".into(),
-        experts: 3,
-        reduce_dimension: true,
-        blocks_per_stage: Some(blocks_per_stage),
-        in_channels,
-        cosine_scale: 30.0,
+/// A RIDE run: `dataset` with RIDE's CIFAR augmentation, the loss `loss`.
+fn run(
+    dataset: &str,
+    imbalance: Option<f64>,
+    model: BackboneConfig,
+    loss: RideLossConfig,
+    optim: OptimConfig,
+) -> RunConfig {
+    RunConfig {
+        preset: None,
+        seed: 0,
+        method: MethodConfig::new("ride", &loss).expect("RIDE settings serialise"),
+        data: DataConfig::new(dataset, imbalance, AugmentKind::Standard),
+        model,
+        optim,
     }
 }
 
-fn imagenet_backbone(arch: &str) -> BackboneSpec {
-    BackboneSpec {
-        arch: arch.into(),
-        experts: 3,
-        reduce_dimension: true,
-        blocks_per_stage: None,
-        in_channels: 3,
-        cosine_scale: 30.0,
-    }
+/// The CIFAR ResNet-s with 3 reduced experts (docs/ride.md §1.1).
+fn cifar_resnet32(blocks_per_stage: usize, in_channels: usize, classes: usize) -> BackboneConfig {
+    let mut m = BackboneConfig::ride_cifar(3, classes);
+    m.blocks_per_stage = Some(Blocks::Uniform(blocks_per_stage));
+    m.in_channels = in_channels;
+    m
 }
 
+/// SGD, momentum 0.9, Nesterov, warm-up 5, two steps of `gamma` (docs/ride.md §5). The
+/// milestones are 0-based epoch indices, as the official `CustomLR`.
 fn sgd(
     epochs: usize,
     batch_size: usize,
@@ -192,35 +90,35 @@ fn sgd(
     weight_decay: f64,
     milestones: [usize; 2],
     gamma: f64,
-) -> OptimSpec {
-    OptimSpec {
+) -> OptimConfig {
+    OptimConfig::new(
         epochs,
         batch_size,
         lr,
-        momentum: 0.9,
-        weight_decay,
-        nesterov: true,
-        warmup_epochs: 5,
-        schedule: LrSchedule::Steps {
-            milestones: milestones.to_vec(),
+        SgdConfig {
+            momentum: 0.9,
+            weight_decay,
+            nesterov: true,
+        },
+        LrSchedule::Steps {
+            warmup: 5,
+            step1: milestones[0],
+            step2: milestones[1],
             gamma,
         },
-    }
+    )
 }
 
 /// CIFAR-100-LT (IF 100): 200 epochs, batch 128, lr 0.1, wd 5e-4, warm-up 5, steps 160/180
 /// with γ 0.01, λ −0.45, reweight at 160, r 0.05 (spec ride.md §3, §5).
-fn cifar100_lt() -> Recipe {
-    Recipe {
-        dataset: DatasetSpec {
-            name: "cifar100-lt".into(),
-            num_classes: 100,
-            imbalance_ratio: Some(100.0),
-        },
-        backbone: cifar_resnet32(5, 3),
-        loss: ride_loss(-0.45, 160, 0.05),
-        optim: sgd(200, 128, 0.1, 5e-4, [160, 180], 0.01),
-    }
+fn cifar100_lt() -> RunConfig {
+    run(
+        "cifar100-lt",
+        Some(100.0),
+        cifar_resnet32(5, 3, 100),
+        ride_loss(-0.45, 160, 0.05),
+        sgd(200, 128, 0.1, 5e-4, [160, 180], 0.01),
+    )
 }
 
 /// CIFAR-10-LT (IF 100). The RIDE repo has no CIFAR-10 config (issue #15; spec ride.md pitfall
@@ -229,44 +127,35 @@ fn cifar100_lt() -> Recipe {
 /// official code in precisely this configuration. SADE's author suggests non-reduced widths and
 /// lr 0.05 for *SADE* on CIFAR-10 (SADE issue #11); that advice is about another method, so it is
 /// not applied here.
-fn cifar10_lt() -> Recipe {
+fn cifar10_lt() -> RunConfig {
     let mut r = cifar100_lt();
-    r.dataset = DatasetSpec {
-        name: "cifar10-lt".into(),
-        num_classes: 10,
-        imbalance_ratio: Some(100.0),
-    };
+    r.data.dataset = "cifar10-lt".into();
+    r.model.num_classes = 10;
     r
 }
 
 /// ImageNet-LT: ResNeXt-50 (32×4d, reduced), 100 epochs, batch 256, lr 0.1, wd 2e-4, warm-up 5,
 /// steps 60/80 with γ 0.1, λ −0.2, reweight at 80, r 0.02 (spec ride.md §3, §5).
-fn imagenet_lt() -> Recipe {
-    Recipe {
-        dataset: DatasetSpec {
-            name: "imagenet-lt".into(),
-            num_classes: 1000,
-            imbalance_ratio: None,
-        },
-        backbone: imagenet_backbone("resnext50"),
-        loss: ride_loss(-0.2, 80, 0.02),
-        optim: sgd(100, 256, 0.1, 2e-4, [60, 80], 0.1),
-    }
+fn imagenet_lt() -> RunConfig {
+    run(
+        "imagenet-lt",
+        None,
+        BackboneConfig::ride_imagenet(Arch::Resnext50, 3, 1000),
+        ride_loss(-0.2, 80, 0.02),
+        sgd(100, 256, 0.1, 2e-4, [60, 80], 0.1),
+    )
 }
 
 /// iNaturalist 2018: ResNet-50 (reduced), 100 epochs, batch 512, lr 0.2, wd 2e-4, warm-up 5,
 /// steps 60/80 with γ 0.1, λ −0.2, reweight at 80, r 0.015 (spec ride.md §3, §5).
-fn inat2018() -> Recipe {
-    Recipe {
-        dataset: DatasetSpec {
-            name: "inat2018".into(),
-            num_classes: 8142,
-            imbalance_ratio: None,
-        },
-        backbone: imagenet_backbone("resnet50"),
-        loss: ride_loss(-0.2, 80, 0.015),
-        optim: sgd(100, 512, 0.2, 2e-4, [60, 80], 0.1),
-    }
+fn inat2018() -> RunConfig {
+    run(
+        "inat2018",
+        None,
+        BackboneConfig::ride_imagenet(Arch::Resnet50, 3, 8142),
+        ride_loss(-0.2, 80, 0.015),
+        sgd(100, 512, 0.2, 2e-4, [60, 80], 0.1),
+    )
 }
 
 /// Fashion-MNIST-LT (the bundled 28×28×1, 10-class, ~2,500-image set): a short recipe that
@@ -282,18 +171,16 @@ fn inat2018() -> Recipe {
 /// - The first version trained 12 epochs (steps 8/10): 63.6 %, and each expert alone beat the
 ///   ensemble; at 48 epochs RIDE reaches 80.0 % (experts 79.2–79.9 %) against CE's 75.5 %.
 /// - λ −0.45 and r 0.05 as on CIFAR (same class count and imbalance scale as CIFAR-10-LT).
-fn fmnist_lt() -> Recipe {
-    Recipe {
-        dataset: DatasetSpec {
-            name: "fmnist-lt".into(),
-            num_classes: 10,
-            imbalance_ratio: None,
-        },
-        backbone: cifar_resnet32(1, 1),
-        loss: ride_loss(-0.45, 32, 0.05),
-        optim: OptimSpec {
-            warmup_epochs: 2,
-            ..sgd(48, 128, 0.1, 5e-4, [32, 40], 0.1)
-        },
+fn fmnist_lt() -> RunConfig {
+    let mut optim = sgd(48, 128, 0.1, 5e-4, [32, 40], 0.1);
+    if let LrSchedule::Steps { warmup, .. } = &mut optim.schedule {
+        *warmup = 2;
     }
+    run(
+        "fmnist-lt",
+        None,
+        cifar_resnet32(1, 1, 10),
+        ride_loss(-0.45, 32, 0.05),
+        optim,
+    )
 }

@@ -1,6 +1,6 @@
 //! RIDE stage 2 on a trained run: learn the expert-assignment router with the backbone frozen,
-//! save it next to the run, and evaluate routed predictions (ride.md §4; the head itself is
-//! [`longtail_ride::ExpertRouter`]).
+//! save it next to the run, and evaluate routed predictions (docs/ride.md §4; the head itself is
+//! [`ExpertRouter`]). Training uses the engine's epoch loop ([`train_epoch`]).
 //!
 //! Official recipe ([`RouterRecipe::default`]): 5 epochs, batch 512, RIDE's class-balanced
 //! sampler with the run's training augmentation, Nesterov SGD (momentum 0.9, weight decay 5e-4)
@@ -10,18 +10,18 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use longtail_backbone::MultiExpert;
 use longtail_data::{Batcher, Dataset, SamplerKind, Shot, Transform};
 use longtail_metrics::{argmax_rows, classification_report, ClassificationReport};
-use longtail_ride::{ExpertRouter, RideError, RouterConfig};
-use longtail_train::checkpoint;
-use longtail_train::{Sgd, SgdConfig};
+use longtail_train::{checkpoint, train_epoch, Sgd, SgdConfig, Step};
 use serde::Serialize;
+
+use crate::{ExpertRouter, RideError, RouterConfig};
+
+type Result<T> = std::result::Result<T, RideError>;
 
 /// File name of a saved router inside a run directory.
 pub const ROUTER_FILE: &str = "router.safetensors";
@@ -80,10 +80,6 @@ pub struct RouterEpoch {
     pub seconds: f64,
 }
 
-fn ride_err(e: impl std::error::Error + Send + Sync + 'static) -> RideError {
-    RideError::Tensor(candle_core::Error::wrap(e))
-}
-
 /// Trains a router for `model` on `train` (frozen backbone, see the module docs), calling
 /// `on_epoch` after each epoch.
 pub fn train_router(
@@ -96,10 +92,14 @@ pub fn train_router(
 ) -> Result<(VarMap, ExpertRouter)> {
     let e = model.config().num_experts;
     if e < 2 {
-        bail!("routing needs a model with at least 2 experts; this one has {e}");
+        return Err(RideError::Stage2(format!(
+            "routing needs a model with at least 2 experts; this one has {e}"
+        )));
     }
     if recipe.epochs == 0 || recipe.batch_size == 0 || !recipe.lr.is_finite() || recipe.lr <= 0.0 {
-        bail!("the router recipe needs epochs, batch size and lr above 0");
+        return Err(RideError::Stage2(
+            "the router recipe needs epochs, batch size and lr above 0".into(),
+        ));
     }
     let cfg = router_config(model, train, transform, recipe, device)?;
     let (varmap, router) = ExpertRouter::seeded(&cfg, recipe.seed, device)?;
@@ -109,7 +109,6 @@ pub fn train_router(
     };
     let mut opt = Sgd::new(params, SgdConfig::default())?;
     for epoch in 1..=recipe.epochs {
-        let start = Instant::now();
         let lr = recipe.lr_at(epoch);
         opt.set_lr(lr);
         let batcher = Batcher::new(
@@ -121,28 +120,30 @@ pub fn train_router(
             epoch as u64,
             device,
         )?;
-        let (mut loss_sum, mut steps, mut pos, mut targets) = (0f64, 0usize, 0f64, 0usize);
-        for batch in batcher {
-            let batch = batch?;
-            let out = model.forward_t(&batch.images, false)?;
-            let (logits, feats) = (out.expert_logits.detach(), out.features.detach());
-            let (loss, t) = router.loss_and_targets(&logits, &feats, &batch.labels)?;
-            pos += t.sum_all()?.to_scalar::<f32>()? as f64;
-            targets += t.elem_count();
-            let value = loss.to_scalar::<f32>()? as f64;
-            if !value.is_finite() {
-                bail!("router loss is {value} at epoch {epoch}");
-            }
-            opt.step(&loss.backward()?)?;
-            loss_sum += value;
-            steps += 1;
-        }
+        let (mut pos, mut targets) = (0f64, 0usize);
+        let stats = train_epoch(
+            batcher,
+            &mut opt,
+            1,
+            epoch,
+            |batch| {
+                let out = model.forward_t(&batch.images, false)?;
+                let (logits, feats) = (out.expert_logits.detach(), out.features.detach());
+                let (loss, t) = router
+                    .loss_and_targets(&logits, &feats, &batch.labels)
+                    .map_err(candle_core::Error::wrap)?;
+                pos += t.sum_all()?.to_scalar::<f32>()? as f64;
+                targets += t.elem_count();
+                Ok(Step { loss, correct: 0 })
+            },
+            |_, _, _| {},
+        )?;
         on_epoch(&RouterEpoch {
             epoch,
             lr,
-            loss: loss_sum / steps.max(1) as f64,
+            loss: stats.step_loss_sum / stats.steps.max(1) as f64,
             positive: pos / targets.max(1) as f64,
-            seconds: start.elapsed().as_secs_f64(),
+            seconds: stats.seconds,
         });
     }
     Ok((varmap, router))
@@ -166,7 +167,10 @@ fn router_config(
         0,
         device,
     )?;
-    let probe = one.next().context("the training set is empty")??.images;
+    let probe = one
+        .next()
+        .ok_or_else(|| RideError::Stage2("the training set is empty".into()))??
+        .images;
     let d = model.forward_t(&probe, false)?.features.dim(2)?;
     let c = model.config().num_classes;
     let mut cfg = RouterConfig::official(model.config().num_experts, d, c);
@@ -183,13 +187,14 @@ pub fn save_router(
     varmap: &VarMap,
     router: &ExpertRouter,
 ) -> Result<std::path::PathBuf> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::create_dir_all(dir).map_err(|e| longtail_train::TrainError::io(dir, e))?;
     let path = dir.join(ROUTER_FILE);
     let meta = [
         ("kind".to_string(), "ride-router".to_string()),
         (
             "router_config".to_string(),
-            serde_json::to_string(router.config())?,
+            serde_json::to_string(router.config())
+                .map_err(|e| RideError::Stage2(e.to_string()))?,
         ),
     ]
     .into_iter()
@@ -201,26 +206,25 @@ pub fn save_router(
 /// Reads a router written by [`save_router`] and checks that it fits `model`.
 pub fn load_router(path: &Path, model: &MultiExpert, device: &Device) -> Result<ExpertRouter> {
     let ck = checkpoint::load(path, device)?;
+    let bad = |reason: String| RideError::RouterFile {
+        path: path.to_path_buf(),
+        reason,
+    };
     if ck.metadata.get("kind").map(String::as_str) != Some("ride-router") {
-        bail!(
-            "{} is not a router file (no kind = ride-router)",
-            path.display()
-        );
+        return Err(bad("not a router file (no kind = ride-router)".into()));
     }
     let cfg: RouterConfig = serde_json::from_str(
         ck.metadata
             .get("router_config")
-            .context("router file without its config")?,
+            .ok_or_else(|| bad("router file without its config".into()))?,
     )
-    .context("bad router config")?;
+    .map_err(|e| bad(format!("bad router config: {e}")))?;
     let (e, c) = (model.config().num_experts, model.config().num_classes);
     if cfg.num_experts != e || cfg.num_classes != c {
-        bail!(
-            "{} routes {} experts over {} classes, but the model has {e} experts and {c} classes",
-            path.display(),
-            cfg.num_experts,
-            cfg.num_classes
-        );
+        return Err(bad(format!(
+            "routes {} experts over {} classes, but the model has {e} experts and {c} classes",
+            cfg.num_experts, cfg.num_classes
+        )));
     }
     let varmap = VarMap::new();
     let router = ExpertRouter::new(
@@ -290,8 +294,8 @@ pub fn evaluate_routed(
                     .index_select(&idx, 0)
             };
             Ok((
-                pick(&out.expert_logits).map_err(ride_err)?,
-                pick(&out.features).map_err(ride_err)?,
+                pick(&out.expert_logits)?,
+                pick(&out.features)?,
             ))
         })?;
         all_logits.extend(

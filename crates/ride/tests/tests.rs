@@ -3,7 +3,11 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use longtail_fixtures::{json as read_json, load as load_fixture};
-use longtail_ride::presets::{self, LrSchedule, PRESETS};
+use longtail_backbone::{Arch, Blocks};
+use longtail_data::AugmentKind;
+use longtail_ride::presets::PRESETS;
+use longtail_ride::Ride;
+use longtail_train::{LrSchedule, MethodKind, RunConfig};
 use longtail_ride::{ldam_ce, RideError, RideLoss, RideLossConfig};
 
 fn json_f64s(v: &serde_json::Value) -> Vec<f64> {
@@ -414,29 +418,54 @@ fn loss_config_deserialises_with_defaults() {
     assert_eq!(cfg, cifar_config());
 }
 
+fn preset(name: &str) -> RunConfig {
+    PRESETS
+        .iter()
+        .find(|p| p.name == name)
+        .unwrap_or_else(|| panic!("no preset {name}"))
+        .config()
+}
+
+fn loss_of(c: &RunConfig) -> RideLossConfig {
+    c.method.settings().unwrap()
+}
+
+fn steps_of(c: &RunConfig) -> (usize, [usize; 2], f64) {
+    match c.optim.schedule {
+        LrSchedule::Steps {
+            warmup,
+            step1,
+            step2,
+            gamma,
+        } => (warmup, [step1, step2], gamma),
+        ref other => panic!("not a step schedule: {other:?}"),
+    }
+}
+
 #[test]
 fn presets_are_complete_and_valid() {
     let mut names: Vec<&str> = PRESETS.iter().map(|p| p.name).collect();
     for p in PRESETS {
         assert!(p.name.starts_with("ride."), "{}", p.name);
-        let r = (p.build)();
-        r.loss.check().unwrap_or_else(|e| panic!("{}: {e}", p.name));
+        let r = p.config();
+        Ride.check(&r).unwrap_or_else(|e| panic!("{}: {e}", p.name));
+        r.check_common().unwrap_or_else(|e| panic!("{}: {e}", p.name));
         assert!(r.optim.epochs > 0 && r.optim.batch_size > 0 && r.optim.lr > 0.0);
-        assert!(r.backbone.experts >= 2 && r.dataset.num_classes >= 2);
-        let LrSchedule::Steps { milestones, .. } = &r.optim.schedule;
-        assert!(
-            milestones.windows(2).all(|w| w[0] < w[1])
-                && milestones.iter().all(|&m| m < r.optim.epochs)
-        );
-        let epoch = r.loss.reweight_epoch.expect("every RIDE recipe re-weights");
+        assert!(r.model.num_experts >= 2 && r.model.num_classes >= 2);
+        let (_, milestones, _) = steps_of(&r);
+        assert!(milestones[0] < milestones[1] && milestones[1] < r.optim.epochs);
+        let epoch = loss_of(&r)
+            .reweight_epoch
+            .expect("every RIDE recipe re-weights");
         assert!(
             epoch < r.optim.epochs,
             "{}: re-weighting must happen before the end",
             p.name
         );
-        let json = serde_json::to_string(&r).unwrap();
-        assert_eq!(serde_json::from_str::<presets::Recipe>(&json).unwrap(), r);
-        assert_eq!(presets::preset(p.name).unwrap(), r);
+        let toml = r.to_toml().unwrap();
+        assert_eq!(RunConfig::from_toml(&toml).unwrap(), r);
+        assert_eq!(r.method.name, "ride");
+        assert_eq!(r.data.augment, AugmentKind::Standard);
     }
     names.sort();
     names.dedup();
@@ -450,119 +479,79 @@ fn presets_are_complete_and_valid() {
     ] {
         assert!(names.contains(&want), "missing {want}");
     }
-    match presets::preset("ride.cifar1000") {
-        Err(RideError::UnknownPreset { name, known }) => {
-            assert_eq!(name, "ride.cifar1000");
-            assert!(known.contains("ride.cifar100-lt"));
-        }
-        other => panic!("expected UnknownPreset, got {other:?}"),
-    }
 }
 
-/// The official values of spec ride.md §3 "Config values" and §5.
+/// The official values of docs/ride.md §3 "Config values" and §5.
 #[test]
 fn presets_hold_official_values() {
-    let c = presets::preset("ride.cifar100-lt").unwrap();
+    let c = preset("ride.cifar100-lt");
     assert_eq!(
-        (
-            c.backbone.arch.as_str(),
-            c.backbone.experts,
-            c.backbone.reduce_dimension
-        ),
-        ("resnet32", 3, true)
+        (c.model.arch, c.model.num_experts, c.model.reduce_dimension),
+        (Arch::Resnet32, 3, true)
     );
-    assert_eq!(c.backbone.blocks_per_stage, Some(5));
-    assert_eq!(
-        (c.optim.epochs, c.optim.batch_size, c.optim.warmup_epochs),
-        (200, 128, 5)
-    );
+    assert_eq!(c.model.blocks_per_stage, Some(Blocks::Uniform(5)));
+    assert_eq!((c.optim.epochs, c.optim.batch_size), (200, 128));
     assert_eq!(
         (
             c.optim.lr,
-            c.optim.weight_decay,
-            c.optim.momentum,
-            c.optim.nesterov
+            c.optim.sgd.weight_decay,
+            c.optim.sgd.momentum,
+            c.optim.sgd.nesterov
         ),
         (0.1, 5e-4, 0.9, true)
     );
-    assert_eq!(
-        c.optim.schedule,
-        LrSchedule::Steps {
-            milestones: vec![160, 180],
-            gamma: 0.01
-        }
-    );
-    assert_eq!(c.loss, cifar_config());
-    assert_eq!(c.dataset.num_classes, 100);
+    assert_eq!(steps_of(&c), (5, [160, 180], 0.01));
+    assert_eq!(loss_of(&c), cifar_config());
+    assert_eq!(c.model.num_classes, 100);
+    assert_eq!((c.data.dataset.as_str(), c.data.imbalance), ("cifar100-lt", 100.0));
 
-    let i = presets::preset("ride.imagenet-lt").unwrap();
-    assert_eq!(i.backbone.arch, "resnext50");
+    let i = preset("ride.imagenet-lt");
+    assert_eq!(i.model.arch, Arch::Resnext50);
     assert_eq!(
         (
             i.optim.epochs,
             i.optim.batch_size,
             i.optim.lr,
-            i.optim.weight_decay
+            i.optim.sgd.weight_decay
         ),
         (100, 256, 0.1, 2e-4)
     );
+    assert_eq!(steps_of(&i), (5, [60, 80], 0.1));
+    let il = loss_of(&i);
     assert_eq!(
-        i.optim.schedule,
-        LrSchedule::Steps {
-            milestones: vec![60, 80],
-            gamma: 0.1
-        }
-    );
-    assert_eq!(
-        (
-            i.loss.diversity_factor,
-            i.loss.reweight_epoch,
-            i.loss.reweight_factor
-        ),
+        (il.diversity_factor, il.reweight_epoch, il.reweight_factor),
         (-0.2, Some(80), 0.02)
     );
 
-    let n = presets::preset("ride.inat2018").unwrap();
+    let n = preset("ride.inat2018");
+    assert_eq!((n.model.arch, n.model.num_classes), (Arch::Resnet50, 8142));
     assert_eq!(
-        (n.backbone.arch.as_str(), n.dataset.num_classes),
-        ("resnet50", 8142)
-    );
-    assert_eq!(
-        (n.optim.batch_size, n.optim.lr, n.optim.weight_decay),
+        (n.optim.batch_size, n.optim.lr, n.optim.sgd.weight_decay),
         (512, 0.2, 2e-4)
     );
+    let nl = loss_of(&n);
     assert_eq!(
-        (
-            n.loss.diversity_factor,
-            n.loss.reweight_epoch,
-            n.loss.reweight_factor
-        ),
+        (nl.diversity_factor, nl.reweight_epoch, nl.reweight_factor),
         (-0.2, Some(80), 0.015)
     );
 
-    let ten = presets::preset("ride.cifar10-lt").unwrap();
+    let ten = preset("ride.cifar10-lt");
     assert_eq!(
-        (ten.loss.clone(), ten.optim.clone()),
-        (c.loss.clone(), c.optim.clone())
+        (loss_of(&ten), ten.optim.clone()),
+        (loss_of(&c), c.optim.clone())
     );
-    assert_eq!(ten.dataset.num_classes, 10);
+    assert_eq!(ten.model.num_classes, 10);
 
-    let f = presets::preset("ride.fmnist-lt").unwrap();
+    let f = preset("ride.fmnist-lt");
     assert_eq!(
-        (f.backbone.blocks_per_stage, f.backbone.in_channels),
-        (Some(1), 1)
+        (f.model.blocks_per_stage.clone(), f.model.in_channels),
+        (Some(Blocks::Uniform(1)), 1)
     );
     assert_eq!(
-        (f.optim.epochs, f.optim.warmup_epochs, f.loss.reweight_epoch),
-        (48, 2, Some(32))
+        (f.optim.epochs, loss_of(&f).reweight_epoch),
+        (48, Some(32))
     );
-    assert_eq!(
-        f.optim.schedule,
-        LrSchedule::Steps {
-            milestones: vec![32, 40],
-            gamma: 0.1
-        }
-    );
+    assert_eq!(steps_of(&f), (2, [32, 40], 0.1));
 }
 
 /// The loss also runs in f64; it then matches the official code evaluated in float64 on the

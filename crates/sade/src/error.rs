@@ -59,14 +59,6 @@ pub enum SadeError {
         /// Number of classes.
         classes: usize,
     },
-    /// No preset has this name.
-    #[error("unknown preset {name:?}; known presets: {known}")]
-    UnknownPreset {
-        /// The name that was asked for.
-        name: String,
-        /// The known names, comma separated.
-        known: String,
-    },
     /// A strong-augmentation setting, or the image shape it is given, is unusable.
     #[error("strong augmentation: {field} {value} is unusable: {reason}")]
     Augment {
@@ -100,4 +92,23 @@ pub enum SadeError {
     /// A tensor operation failed.
     #[error(transparent)]
     Tensor(#[from] candle_core::Error),
+    /// The label-shift protocol cannot run as asked (an unbalanced or empty test set, a test-time
+    /// setting out of range).
+    #[error("{0}")]
+    Shift(String),
+    /// Test-time aggregation failed.
+    #[error(transparent)]
+    Aggregate(#[from] longtail_aggregate::AggregateError),
+    /// The engine failed (its evaluation pass, the run's settings).
+    #[error(transparent)]
+    Train(#[from] longtail_train::TrainError),
+    /// The data pipeline failed.
+    #[error(transparent)]
+    Data(#[from] longtail_data::DataError),
+    /// The network failed.
+    #[error(transparent)]
+    Backbone(#[from] longtail_backbone::BackboneError),
+    /// A metric could not be computed.
+    #[error(transparent)]
+    Metrics(#[from] longtail_metrics::MetricsError),
 }

@@ -49,19 +49,12 @@ fn check_tau(tau: f64) -> Result<(), SadeError> {
 }
 
 fn prior(class_counts: &[usize]) -> Result<Vec<f64>, SadeError> {
-    if class_counts.is_empty() {
-        return Err(SadeError::NoClasses);
-    }
-    let total: usize = class_counts.iter().sum();
-    if total == 0 {
-        return Err(SadeError::NoSamples {
+    longtail_losses::class_prior(class_counts).map_err(|e| match e {
+        longtail_losses::LossError::EmptyClass { .. } => SadeError::NoSamples {
             classes: class_counts.len(),
-        });
-    }
-    Ok(class_counts
-        .iter()
-        .map(|&n| n as f64 / total as f64)
-        .collect())
+        },
+        _ => SadeError::NoClasses,
+    })
 }
 
 /// The inverted prior π̄ of SADE's backward expert: the class prior mirrored **by rank**
@@ -111,9 +104,14 @@ pub struct SadeLoss {
 }
 
 impl SadeLoss {
-    /// Builds the loss for the training class counts and τ. Fails on no classes, all counts 0,
-    /// or a non-finite or negative τ.
-    pub fn new(class_counts: &[usize], tau: f64, device: &Device) -> Result<Self, SadeError> {
+    /// Builds the loss for `cfg` and the training class counts. Fails on no classes, all
+    /// counts 0, or a non-finite or negative τ.
+    pub fn new(
+        cfg: &SadeLossConfig,
+        class_counts: &[usize],
+        device: &Device,
+    ) -> Result<Self, SadeError> {
+        let tau = cfg.tau;
         check_tau(tau)?;
         let prior = prior(class_counts)?;
         let inverse_prior = inverse_prior(class_counts)?;

@@ -1,5 +1,5 @@
-//! Evaluation under test-time label shift: SADE's test-agnostic protocol (spec sade.md §3) with
-//! plain averaging and with test-time self-supervised aggregation (sade.md §2), for any
+//! Evaluation under test-time label shift: SADE's test-agnostic protocol (docs/sade.md §3) with
+//! plain averaging and with test-time self-supervised aggregation (docs/sade.md §2), for any
 //! multi-expert checkpoint.
 //!
 //! For each test distribution (forward 50 … uniform … backward 50, [`TestDist::all`]):
@@ -15,22 +15,24 @@
 //! [`ShiftEvaluator`] computes the clean logits of the whole balanced test set once; every
 //! distribution is a subset of it.
 
-use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use longtail_aggregate::{
-    experts_first, mean_logits, AggregatorConfig, SgdConfig, TestTimeAggregator,
+    experts_first, mean_logits, AggregatorConfig, TestTimeAggregator, TestTimeSgd,
 };
 use longtail_backbone::MultiExpert;
 use longtail_data::profile::ldam_subset;
 use longtail_data::{Dataset, Shot, TestDist, Transform};
 use longtail_metrics::{argmax_rows, classification_report};
-use longtail_sade::{view_seed, StrongAugment, StrongViews};
-use longtail_train::{evaluate, CrossEntropy};
+use longtail_train::{evaluate_with, RunConfig};
 use serde::Serialize;
 
-use crate::config::{MethodConfig, RunConfig};
+use crate::{view_seed, Sade, SadeError, StrongAugment, StrongViews};
 
-pub mod plot;
+type Result<T> = std::result::Result<T, SadeError>;
+
+fn shift_error(msg: impl Into<String>) -> SadeError {
+    SadeError::Shift(msg.into())
+}
 
 /// How the shifted test sets are drawn and the weights learned.
 #[derive(Clone, Debug, PartialEq)]
@@ -61,16 +63,16 @@ impl ShiftConfig {
             StrongAugment::imagenet(height.min(width))
         };
         let mut aggregator = AggregatorConfig::cifar100_lt();
-        if let MethodConfig::Sade(s) = &cfg.method {
-            let t = &s.test_time;
+        if cfg.method.name == "sade" {
+            let t = &Sade::settings(cfg)?.test_time;
             if t.epochs > 5 {
-                bail!(
+                return Err(shift_error(format!(
                     "test_time.epochs is {}: the official procedure runs at most 5 passes",
                     t.epochs
-                );
+                )));
             }
             aggregator = AggregatorConfig {
-                sgd: SgdConfig {
+                sgd: TestTimeSgd {
                     lr: t.lr,
                     momentum: t.momentum,
                     nesterov: t.nesterov,
@@ -159,24 +161,24 @@ impl<'a> ShiftEvaluator<'a> {
         device: &Device,
     ) -> Result<Self> {
         if train_counts.len() != test.num_classes || shots.len() != test.num_classes {
-            bail!(
+            return Err(shift_error(format!(
                 "{} training counts and {} shot groups for a test set of {} classes",
                 train_counts.len(),
                 shots.len(),
                 test.num_classes
-            );
+            )));
         }
         let data = std::sync::Arc::new(test.clone());
-        let ev = evaluate(
+        // The clean forward pass over the whole test set (only the experts' logits are used).
+        let ev = evaluate_with(
             model,
-            &CrossEntropy,
+            &|out| Ok(out.logits.clone()),
             &data,
             eval_transform,
             config.eval_batch,
             shots,
             device,
-        )
-        .context("clean forward pass over the test set")?;
+        )?;
         let (n, e, c) = (ev.labels.len(), ev.num_experts, ev.num_classes);
         let clean = experts_first(&Tensor::from_vec(ev.expert_logits, (n, e, c), device)?)?;
         Ok(Self {
@@ -202,17 +204,18 @@ impl<'a> ShiftEvaluator<'a> {
         let have = self.test.class_counts();
         let n_max = have.first().copied().unwrap_or(0);
         if n_max == 0 {
-            bail!("the test set is empty");
+            return Err(shift_error("the test set is empty"));
         }
         if let Some(c) = have.iter().position(|&n| n != n_max) {
-            bail!(
+            return Err(shift_error(format!(
                 "label shift needs a class-balanced test set: class {c} has {} images, class 0 has {n_max}",
                 have[c]
-            );
+            )));
         }
         let counts = dist.counts(self.train_counts, n_max)?;
-        let seed = u32::try_from(self.config.shift_seed)
-            .context("the label-shift seed must be below 2^32 (numpy's legacy seed)")?;
+        let seed = u32::try_from(self.config.shift_seed).map_err(|_| {
+            shift_error("the label-shift seed must be below 2^32 (numpy's legacy seed)")
+        })?;
         Ok(ldam_subset(&self.test.labels, &counts, seed))
     }
 
@@ -220,7 +223,7 @@ impl<'a> ShiftEvaluator<'a> {
     pub fn run(&self, dist: TestDist) -> Result<ShiftResult> {
         let idx = self.indices(dist)?;
         if idx.is_empty() {
-            bail!("the {dist} test set is empty");
+            return Err(shift_error(format!("the {dist} test set is empty")));
         }
         let labels: Vec<u32> = idx.iter().map(|&i| self.test.labels[i]).collect();
         let mut class_counts = vec![0; self.test.num_classes];
@@ -297,13 +300,13 @@ pub fn parse_distributions(s: &str) -> Result<Vec<TestDist>> {
         .map(|d| {
             d.trim()
                 .parse::<TestDist>()
-                .with_context(|| format!("--test-dist {d} (or all)"))
+                .map_err(|e| shift_error(format!("--test-dist {d} (or all): {e}")))
         })
         .collect()
 }
 
 /// The expected size of a shifted set: `Σ_k ⌊n_max · (1/ρ)^(k/(C−1))⌋` for `C` classes (both
-/// directions), `C · n_max` for uniform (spec sade.md §3).
+/// directions), `C · n_max` for uniform (docs/sade.md §3).
 pub fn expected_total(dist: TestDist, classes: usize, n_max: usize) -> usize {
     let ratio = match dist {
         TestDist::Forward(r) | TestDist::Backward(r) => r,
@@ -327,7 +330,7 @@ mod tests {
             [TestDist::Forward(10.0), TestDist::Uniform]
         );
         assert!(parse_distributions("sideways").is_err());
-        // CIFAR-100: the totals of sade.md §3.
+        // CIFAR-100: the totals of docs/sade.md §3.
         for (d, t) in [
             (TestDist::Forward(50.0), 2486),
             (TestDist::Forward(25.0), 2956),

@@ -5,7 +5,11 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor, Var};
 use longtail_fixtures::{json as read_json, load as load_fixture};
-use longtail_sade::presets::{self, LrSchedule, PRESETS};
+use longtail_backbone::{Arch, Blocks};
+use longtail_data::AugmentKind;
+use longtail_sade::presets::{PLACES_BACKBONE_LR, PLACES_PRETRAINED, PRESETS};
+use longtail_sade::{Sade, SadeSettings};
+use longtail_train::{LrSchedule, MethodKind, RunConfig};
 use longtail_sade::{inverse_prior, SadeError, SadeLoss, SadeLossConfig};
 
 fn json_f64s(v: &serde_json::Value) -> Vec<f64> {
@@ -32,7 +36,7 @@ fn fixture_counts(fx: &HashMap<String, Tensor>) -> Vec<usize> {
 #[test]
 fn sade_loss_matches_official_values_and_gradients() {
     let fx = load_fixture("sade_loss_c10.safetensors");
-    let loss = SadeLoss::new(&fixture_counts(&fx), 2.0, &Device::Cpu).unwrap();
+    let loss = SadeLoss::new(&SadeLossConfig { tau: 2.0 }, &fixture_counts(&fx), &Device::Cpu).unwrap();
     let logits = Var::from_tensor(
         &fx["expert_logits"]
             .transpose(0, 1)
@@ -92,7 +96,7 @@ fn constants_match_official_json() {
         .iter()
         .map(|v| v.as_u64().unwrap() as usize)
         .collect();
-    let loss = SadeLoss::new(&counts, 2.0, &Device::Cpu).unwrap();
+    let loss = SadeLoss::new(&SadeLossConfig { tau: 2.0 }, &counts, &Device::Cpu).unwrap();
     let k = &json["derived_constants_float32"];
     let pairs: [(&[f64], Vec<f64>, f64); 4] = [
         (loss.prior(), json_f64s(&k["prior"]), 1e-7),
@@ -160,7 +164,7 @@ fn inverse_prior_tie_break_is_by_class_index() {
 /// CE equals plain CE and the loss is 3·CE; with zero logits that is 3·ln C.
 #[test]
 fn uniform_prior_reduces_to_three_plain_cross_entropies() {
-    let loss = SadeLoss::new(&[7, 7, 7, 7], 2.0, &Device::Cpu).unwrap();
+    let loss = SadeLoss::new(&SadeLossConfig { tau: 2.0 }, &[7, 7, 7, 7], &Device::Cpu).unwrap();
     let z = Tensor::zeros((5, 3, 4), DType::F32, &Device::Cpu).unwrap();
     let y = Tensor::new(&[0u32, 1, 2, 3, 0], &Device::Cpu).unwrap();
     let got = loss.forward(&z, &y).unwrap().to_scalar::<f32>().unwrap();
@@ -168,7 +172,7 @@ fn uniform_prior_reduces_to_three_plain_cross_entropies() {
     // Hand-computed two-class case: counts (3, 1), τ = 1, one sample of class 1, zero logits.
     // Expert 1: ln 2. Expert 2: offsets ln(.75), ln(.25) → −ln(.25/(.75+.25)) = ln 4.
     // Expert 3: offsets ln(.75) − ln(.25) = ln 3, ln(.25) − ln(.75) = −ln 3 → ln(1 + 9) = ln 10.
-    let loss = SadeLoss::new(&[3, 1], 1.0, &Device::Cpu).unwrap();
+    let loss = SadeLoss::new(&SadeLossConfig { tau: 1.0 }, &[3, 1], &Device::Cpu).unwrap();
     let z = Tensor::zeros((1, 3, 2), DType::F32, &Device::Cpu).unwrap();
     let got = loss
         .forward(&z, &Tensor::new(&[1u32], &Device::Cpu).unwrap())
@@ -181,23 +185,23 @@ fn uniform_prior_reduces_to_three_plain_cross_entropies() {
 fn bad_inputs_give_typed_errors() {
     let dev = Device::Cpu;
     assert!(matches!(
-        SadeLoss::new(&[], 2.0, &dev),
+        SadeLoss::new(&SadeLossConfig { tau: 2.0 }, &[], &dev),
         Err(SadeError::NoClasses)
     ));
     assert!(matches!(
-        SadeLoss::new(&[0, 0], 2.0, &dev),
+        SadeLoss::new(&SadeLossConfig { tau: 2.0 }, &[0, 0], &dev),
         Err(SadeError::NoSamples { classes: 2 })
     ));
     assert!(matches!(
-        SadeLoss::new(&[3, 1], f64::NAN, &dev),
+        SadeLoss::new(&SadeLossConfig { tau: f64::NAN }, &[3, 1], &dev),
         Err(SadeError::NonFinite { field: "tau", .. })
     ));
     assert!(matches!(
-        SadeLoss::new(&[3, 1], -1.0, &dev),
+        SadeLoss::new(&SadeLossConfig { tau: -1.0 }, &[3, 1], &dev),
         Err(SadeError::OutOfRange { field: "tau", .. })
     ));
     // A zero count alone is allowed (prior 0, log kept finite by the 1e-9).
-    let loss = SadeLoss::new(&[4, 2, 0], 2.0, &dev).unwrap();
+    let loss = SadeLoss::new(&SadeLossConfig { tau: 2.0 }, &[4, 2, 0], &dev).unwrap();
     let y = Tensor::new(&[0u32, 2], &dev).unwrap();
     let z = Tensor::zeros((2, 3, 3), DType::F32, &dev).unwrap();
     assert!(loss
@@ -255,22 +259,23 @@ fn presets_are_complete_and_valid() {
     let mut names: Vec<&str> = PRESETS.iter().map(|p| p.name).collect();
     for p in PRESETS {
         assert!(p.name.starts_with("sade."), "{}", p.name);
-        let r = (p.build)();
-        r.loss.check().unwrap_or_else(|e| panic!("{}: {e}", p.name));
-        assert_eq!(r.backbone.experts, 3, "{}", p.name);
+        let r = p.config();
+        Sade.check(&r).unwrap_or_else(|e| panic!("{}: {e}", p.name));
+        r.check_common().unwrap_or_else(|e| panic!("{}: {e}", p.name));
+        assert_eq!(r.model.num_experts, 3, "{}", p.name);
         assert!(r.optim.epochs > 0 && r.optim.batch_size > 0 && r.optim.lr > 0.0);
-        if let LrSchedule::Steps { milestones, .. } = &r.optim.schedule {
-            assert!(milestones.windows(2).all(|w| w[0] < w[1]));
-            assert!(milestones.iter().all(|&m| m < r.optim.epochs));
+        if let LrSchedule::Steps { step1, step2, .. } = r.optim.schedule {
+            assert!(step1 < step2 && step2 < r.optim.epochs);
         }
-        let t = &r.test_time;
+        let t = &settings(&r).test_time;
         assert_eq!(
             (t.epochs, t.batch_size, t.momentum, t.nesterov, t.min_weight),
             (5, 128, 0.9, true, 0.05)
         );
-        let json = serde_json::to_string(&r).unwrap();
-        assert_eq!(serde_json::from_str::<presets::Recipe>(&json).unwrap(), r);
-        assert_eq!(presets::preset(p.name).unwrap(), r);
+        // SADE trains with LDAM-DRW's crop and flip, no rotation.
+        assert_eq!(r.data.augment, AugmentKind::CropFlip);
+        let toml = r.to_toml().unwrap();
+        assert_eq!(RunConfig::from_toml(&toml).unwrap(), r);
     }
     names.sort();
     names.dedup();
@@ -286,13 +291,30 @@ fn presets_are_complete_and_valid() {
     ] {
         assert!(names.contains(&want), "missing {want}");
     }
-    assert!(matches!(
-        presets::preset("sade.cifar"),
-        Err(SadeError::UnknownPreset { .. })
-    ));
 }
 
-/// The official values of spec sade.md §2 and §4.
+fn preset(name: &str) -> RunConfig {
+    PRESETS
+        .iter()
+        .find(|p| p.name == name)
+        .unwrap_or_else(|| panic!("no preset {name}"))
+        .config()
+}
+
+fn settings(c: &RunConfig) -> SadeSettings {
+    Sade::settings(c).unwrap()
+}
+
+fn steps(warmup: usize, [step1, step2]: [usize; 2], gamma: f64) -> LrSchedule {
+    LrSchedule::Steps {
+        warmup,
+        step1,
+        step2,
+        gamma,
+    }
+}
+
+/// The official values of docs/sade.md §2 and §4.
 #[test]
 fn presets_hold_official_values() {
     for (name, ratio) in [
@@ -300,150 +322,111 @@ fn presets_hold_official_values() {
         ("sade.cifar100-lt.if50", 50.0),
         ("sade.cifar100-lt.if10", 10.0),
     ] {
-        let c = presets::preset(name).unwrap();
-        assert_eq!(c.dataset.imbalance_ratio, Some(ratio));
+        let c = preset(name);
+        assert_eq!(c.data.imbalance, ratio);
         assert_eq!(
             (
-                c.backbone.arch.as_str(),
-                c.backbone.reduce_dimension,
-                c.backbone.blocks_per_stage
+                c.model.arch,
+                c.model.reduce_dimension,
+                c.model.blocks_per_stage.clone()
             ),
-            ("resnet32", true, Some(5))
+            (Arch::Resnet32, true, Some(Blocks::Uniform(5)))
         );
         assert_eq!(
             (
                 c.optim.epochs,
                 c.optim.batch_size,
                 c.optim.lr,
-                c.optim.weight_decay
+                c.optim.sgd.weight_decay
             ),
             (200, 128, 0.1, 5e-4)
         );
-        assert_eq!(
-            (c.optim.warmup_epochs, c.optim.nesterov, c.optim.momentum),
-            (5, true, 0.9)
-        );
-        assert_eq!(
-            c.optim.schedule,
-            LrSchedule::Steps {
-                milestones: vec![160, 180],
-                gamma: 0.1
-            }
-        );
-        assert_eq!(c.loss.tau, 2.0);
+        assert_eq!((c.optim.sgd.nesterov, c.optim.sgd.momentum), (true, 0.9));
+        assert_eq!(c.optim.schedule, steps(5, [160, 180], 0.1));
+        let s = settings(&c);
+        assert_eq!(s.loss.tau, 2.0);
         assert_eq!(
             (
-                c.test_time.lr,
-                c.test_time.weight_decay,
-                c.test_time.blur_probability
+                s.test_time.lr,
+                s.test_time.weight_decay,
+                s.test_time.blur_probability
             ),
             (0.1, 5e-4, 0.2)
         );
     }
-    let i = presets::preset("sade.imagenet-lt").unwrap();
+    let i = preset("sade.imagenet-lt");
     assert_eq!(
-        (
-            i.backbone.arch.as_str(),
-            i.optim.epochs,
-            i.optim.batch_size,
-            i.optim.lr
-        ),
-        ("resnext50", 180, 64, 0.025)
+        (i.model.arch, i.optim.epochs, i.optim.batch_size, i.optim.lr),
+        (Arch::Resnext50, 180, 64, 0.025)
     );
-    assert_eq!(
-        (i.optim.weight_decay, i.optim.warmup_epochs, i.loss.tau),
-        (5e-4, 0, 2.0)
-    );
+    let is = settings(&i);
+    assert_eq!((i.optim.sgd.weight_decay, is.loss.tau), (5e-4, 2.0));
+    // Cosine over all 180 epochs (T_max 180) to 0, no warm-up.
     assert_eq!(
         i.optim.schedule,
         LrSchedule::Cosine {
-            t_max: 180,
-            eta_min: 0.0
+            warmup: 0,
+            min_lr: 0.0
         }
     );
     assert_eq!(
         (
-            i.test_time.lr,
-            i.test_time.weight_decay,
-            i.test_time.blur_probability
+            is.test_time.lr,
+            is.test_time.weight_decay,
+            is.test_time.blur_probability
         ),
         (0.025, 5e-4, 0.5)
     );
-    let n = presets::preset("sade.inat2018").unwrap();
+    let n = preset("sade.inat2018");
+    assert_eq!(
+        (n.model.arch, n.model.num_classes, n.optim.batch_size, n.optim.lr),
+        (Arch::Resnet50, 8142, 512, 0.2)
+    );
+    assert_eq!(n.optim.schedule, steps(5, [60, 80], 0.1));
+    let ns = settings(&n);
     assert_eq!(
         (
-            n.backbone.arch.as_str(),
-            n.dataset.num_classes,
-            n.optim.batch_size,
-            n.optim.lr
-        ),
-        ("resnet50", 8142, 512, 0.2)
-    );
-    assert_eq!(
-        n.optim.schedule,
-        LrSchedule::Steps {
-            milestones: vec![60, 80],
-            gamma: 0.1
-        }
-    );
-    assert_eq!(
-        (
-            n.loss.tau,
-            n.test_time.lr,
-            n.test_time.weight_decay,
-            n.test_time.entropy_weight
+            ns.loss.tau,
+            ns.test_time.lr,
+            ns.test_time.weight_decay,
+            ns.test_time.entropy_weight
         ),
         (1.0, 0.2, 2e-4, 0.01)
     );
-    let p = presets::preset("sade.places-lt").unwrap();
+    let p = preset("sade.places-lt");
     assert_eq!(
-        (
-            p.backbone.arch.as_str(),
-            p.backbone.reduce_dimension,
-            p.dataset.num_classes
-        ),
-        ("resnet152", false, 365)
-    );
-    assert!(p.backbone.pretrained.is_some());
-    assert_eq!(
-        (
-            p.optim.epochs,
-            p.optim.lr,
-            p.optim.backbone_lr,
-            p.optim.weight_decay
-        ),
-        (30, 0.01, Some(0.001), 4e-4)
+        (p.model.arch, p.model.reduce_dimension, p.model.num_classes),
+        (Arch::Resnet152, false, 365)
     );
     assert_eq!(
-        p.optim.schedule,
-        LrSchedule::Steps {
-            milestones: vec![10, 20],
-            gamma: 0.1
-        }
+        (PLACES_PRETRAINED, PLACES_BACKBONE_LR),
+        ("oltr-caffe-resnet152-imagenet", 0.001)
     );
     assert_eq!(
-        (p.loss.tau, p.test_time.lr, p.test_time.weight_decay),
+        (p.optim.epochs, p.optim.lr, p.optim.sgd.weight_decay),
+        (30, 0.01, 4e-4)
+    );
+    assert_eq!(p.optim.schedule, steps(0, [10, 20], 0.1));
+    let ps = settings(&p);
+    assert_eq!(
+        (ps.loss.tau, ps.test_time.lr, ps.test_time.weight_decay),
         (1.0, 0.01, 4e-4)
     );
-    let ten = presets::preset("sade.cifar10-lt").unwrap();
+    let ten = preset("sade.cifar10-lt");
     assert_eq!(
-        (
-            ten.backbone.reduce_dimension,
-            ten.optim.lr,
-            ten.dataset.num_classes
-        ),
+        (ten.model.reduce_dimension, ten.optim.lr, ten.model.num_classes),
         (false, 0.05, 10)
     );
-    let f = presets::preset("sade.fmnist-lt").unwrap();
+    let f = preset("sade.fmnist-lt");
     assert_eq!(
         (
-            f.backbone.blocks_per_stage,
-            f.backbone.in_channels,
-            f.optim.epochs,
-            f.optim.warmup_epochs
+            f.model.blocks_per_stage.clone(),
+            f.model.in_channels,
+            f.optim.epochs
         ),
-        (Some(1), 1, 48, 2)
+        (Some(Blocks::Uniform(1)), 1, 48)
     );
+    assert_eq!(f.optim.schedule, steps(2, [32, 40], 0.1));
 }
 
 /// The loss also runs in f64; it then matches the official code evaluated in float64 on the
@@ -451,7 +434,7 @@ fn presets_hold_official_values() {
 #[test]
 fn sade_loss_in_f64_matches_official_f64_reference() {
     let fx = load_fixture("sade_loss_c10.safetensors");
-    let loss = SadeLoss::new(&fixture_counts(&fx), 2.0, &Device::Cpu).unwrap();
+    let loss = SadeLoss::new(&SadeLossConfig { tau: 2.0 }, &fixture_counts(&fx), &Device::Cpu).unwrap();
     let z = fx["expert_logits"].to_dtype(DType::F64).unwrap();
     let logits = Var::from_tensor(&z.transpose(0, 1).unwrap().contiguous().unwrap()).unwrap();
     let value = loss.forward(logits.as_tensor(), &fx["targets"]).unwrap();

@@ -4,6 +4,9 @@
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TlcError {
+    /// A per-class constant could not be derived (longtail-losses).
+    #[error(transparent)]
+    Loss(#[from] longtail_losses::LossError),
     /// Expert logits are not a rank-3 `[batch, experts, classes]` tensor with non-zero sizes.
     #[error("expert logits must be [batch, experts, classes] with non-zero sizes, got {shape:?}")]
     LogitsShape {
@@ -78,17 +81,24 @@ pub enum TlcError {
         /// The shape that was expected.
         want: Vec<usize>,
     },
-    /// No preset has this name.
-    #[error("unknown preset `{name}` (known: {known})")]
-    UnknownPreset {
-        /// The name that was asked for.
-        name: String,
-        /// Comma-separated list of known names.
-        known: String,
-    },
     /// A candle operation failed.
     #[error(transparent)]
     Tensor(#[from] candle_core::Error),
+    /// The uncertainty report cannot be computed as asked (mismatched inputs, bad thresholds).
+    #[error("{0}")]
+    Report(String),
+    /// The engine failed (its evaluation pass, the run's settings).
+    #[error(transparent)]
+    Train(#[from] longtail_train::TrainError),
+    /// The data pipeline failed.
+    #[error(transparent)]
+    Data(#[from] longtail_data::DataError),
+    /// The network failed.
+    #[error(transparent)]
+    Backbone(#[from] longtail_backbone::BackboneError),
+    /// A metric could not be computed.
+    #[error(transparent)]
+    Metrics(#[from] longtail_metrics::MetricsError),
 }
 
 /// Result alias for this crate.

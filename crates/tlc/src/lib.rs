@@ -9,7 +9,9 @@
 //! uniform Dirichlet, and a diversity term that pushes it away from the combined prediction; expert
 //! `k` learns only from samples whose fused uncertainty `w_k` is high ("dynamic engagement"). The
 //! combined prediction weights expert `k` by `exp(w_k/η)` (Eq. 8). This crate follows the official
-//! `lblaoke/TLC` at `204f50b` (facts in `shared/specs/tlc.md`) and marks where it departs.
+//! `lblaoke/TLC` at `204f50b` (docs/tlc.md) and marks where it departs. It is the whole method,
+//! read top to bottom: loss, fusion, early exit, the method the engine trains, the presets and
+//! the uncertainty report.
 //!
 //! Main items, all on plain tensors (expert logits `[B, E, C]`, targets `[B]`):
 //! - [`special::lgamma`], [`special::digamma`]: differentiable `lnΓ`, `ψ` (candle has neither).
@@ -19,10 +21,12 @@
 //! - [`loss::TlcLoss`]: the training loss with `begin_epoch`; matches the official loss and its
 //!   gradient (fixture `tlc_loss_c10`).
 //! - [`early_exit::predict_early_exit`]: inference that stops calling experts for confident samples.
-//! - [`presets`]: official recipes and a short Fashion-MNIST-LT one.
-//!
-//! Uncertainty metrics (failure AUROC, FPR@95, ECE, AURC, OOD AUROC) live in
-//! `longtail_metrics::uncertainty`.
+//! - [`Tlc`] (the registry entry) and [`TlcMethod`]; the settings are [`TlcSettings`].
+//! - [`presets`]: official recipes as typed run configs, and a short Fashion-MNIST-LT one.
+//! - [`report`]: the uncertainty report of any checkpoint (`longtail eval --uncertainty`), with
+//!   TLC's own score, both combinations and the early-exit curve for TLC runs. The metrics
+//!   themselves (failure AUROC, FPR@95, ECE, AURC, OOD AUROC) live in
+//!   `longtail_metrics::uncertainty`.
 //!
 //! ```
 //! use candle_core::{Device, Tensor};
@@ -44,7 +48,9 @@ mod error;
 pub mod evidence;
 pub mod fusion;
 pub mod loss;
+mod method;
 pub mod presets;
+pub mod report;
 pub mod special;
 
 pub use early_exit::{predict_early_exit, EarlyExit, EarlyExitOutput, ExpertForward};
@@ -52,4 +58,5 @@ pub use error::{Result, TlcError};
 pub use evidence::{opinions, Opinion};
 pub use fusion::{fuse, fused_uncertainty, Combination, Fusion};
 pub use loss::{Engagement, TlcLoss, TlcLossConfig, TlcLossOutput};
-pub use presets::{preset, Preset, TlcRecipe, PRESETS};
+pub use method::{Tlc, TlcMethod, TlcSettings};
+pub use presets::PRESETS;

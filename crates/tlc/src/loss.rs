@@ -193,31 +193,11 @@ impl TlcLoss {
         if let Some(class) = class_counts.iter().position(|&n| n == 0) {
             return Err(TlcError::EmptyClass { class });
         }
-        let k = class_counts.len() as f64;
-        // LDAM margins: m_c ∝ n_c^(-1/4), largest = max_margin.
-        let raw: Vec<f64> = class_counts
-            .iter()
-            .map(|&n| (n as f64).powf(-0.25))
-            .collect();
-        let raw_max = raw.iter().cloned().fold(f64::MIN, f64::max);
-        let margins = raw.iter().map(|m| m * cfg.max_margin / raw_max).collect();
-        // Class-balanced weights (Cui et al. 2019): (1 − β) / (1 − β^n), normalised to sum K.
-        let beta = cfg.drw_beta;
-        let cb: Vec<f64> = class_counts
-            .iter()
-            .map(|&n| (1.0 - beta) / (1.0 - beta.powf(n as f64)))
-            .collect();
-        let cb_sum: f64 = cb.iter().sum();
-        let drw_weights = cb.iter().map(|w| w / cb_sum * k).collect();
-        // Diversity temperature T_c = (K p_c f + 1 − f) / max, p_c = n_c / N.
-        let total: f64 = class_counts.iter().map(|&n| n as f64).sum();
-        let f = cfg.reweight_factor;
-        let t: Vec<f64> = class_counts
-            .iter()
-            .map(|&n| k * (n as f64 / total) * f + 1.0 - f)
-            .collect();
-        let t_max = t.iter().cloned().fold(f64::MIN, f64::max);
-        let diversity_temperature = t.iter().map(|x| x / t_max).collect();
+        // The same per-class constants as RIDE's (docs/tlc.md §2.2), with T_base = 1.
+        let margins = longtail_losses::ldam_margins(class_counts, cfg.max_margin)?;
+        let drw_weights = longtail_losses::drw_weights(class_counts, cfg.drw_beta)?;
+        let diversity_temperature =
+            longtail_losses::diversity_temperatures(class_counts, 1.0, cfg.reweight_factor)?;
         Ok(Self {
             cfg,
             class_counts: class_counts.to_vec(),

@@ -1,4 +1,4 @@
-//! Training recipes with the official hyper-parameters (spec tlc.md §5), plus a short
+//! Training recipes with the official hyper-parameters, as typed run configs (docs/tlc.md §5), plus a short
 //! Fashion-MNIST-LT recipe for CPU smoke runs.
 //!
 //! Our CIFAR presets use the **standard LDAM-DRW long-tailed subsets** (`n_i = ⌊n_max · IF^(−i/(C−1))⌋`,
@@ -6,89 +6,14 @@
 //! (13,540 / 11,222, effective IF ≈ 59.5 / 71.4; `tlc_cifar_lt_own_profile_counts.json`), so numbers
 //! are comparable with RIDE and SADE. Differs from official: the training subset.
 
-use serde::{Deserialize, Serialize};
+use longtail_backbone::{Arch, BackboneConfig, Blocks, Layout};
+use longtail_data::AugmentKind;
+use longtail_train::{
+    DataConfig, LrSchedule, MethodConfig, OptimConfig, Preset, RunConfig, SgdConfig,
+};
 
-use crate::early_exit::EarlyExit;
-use crate::error::{Result, TlcError};
 use crate::loss::TlcLossConfig;
-
-/// Everything needed to train and evaluate one TLC model (the trainer and backbone crates read
-/// these fields; the model is the backbone's `per_expert_layer1` multi-expert ResNet).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlcRecipe {
-    /// Data set name (`cifar10-lt`, `cifar100-lt`, `imagenet-lt`, `fmnist-lt`).
-    pub dataset: String,
-    /// Imbalance factor of the LDAM-profile subset, if the set is built by subsampling.
-    pub imbalance_factor: Option<f64>,
-    /// Number of classes.
-    pub num_classes: usize,
-    /// Input `[channels, height, width]`.
-    pub input_shape: [usize; 3],
-    /// Backbone family: `resnet32` (CIFAR layout) or `resnet50`.
-    pub backbone: String,
-    /// Residual blocks of each stage: `[5, 5, 5]` for ResNet-32, `[3, 4, 6, 3]` for ResNet-50.
-    pub stage_blocks: Vec<usize>,
-    /// Channel widths of the stages (16/32/64 for ResNet-32).
-    pub stage_widths: Vec<usize>,
-    /// Number of experts.
-    pub experts: usize,
-    /// Cosine-classifier scale (logit = scale · cos).
-    pub logit_scale: f64,
-    /// Training epochs.
-    pub epochs: usize,
-    /// Training batch size.
-    pub batch_size: usize,
-    /// Evaluation batch size (matters only for the official batch-normalised combination).
-    pub eval_batch_size: usize,
-    /// Base learning rate.
-    pub lr: f64,
-    /// SGD momentum (Nesterov).
-    pub momentum: f64,
-    /// Nesterov momentum.
-    pub nesterov: bool,
-    /// Weight decay, on all parameters (no groups).
-    pub weight_decay: f64,
-    /// Linear warm-up epochs: epoch `e ≤ warmup` uses `lr · e / warmup`.
-    pub warmup_epochs: usize,
-    /// Step decays `(first 1-based epoch, factor of the base lr)`: CIFAR `[(161, 0.01), (181, 1e-4)]`.
-    pub lr_steps: Vec<(usize, f64)>,
-    /// Random crop padding (CIFAR 4) and horizontal flip are applied; rotation in degrees (CIFAR 15).
-    pub rotation_degrees: f64,
-    /// The loss settings (reweight epoch, f, η, τ, …).
-    pub loss: TlcLossConfig,
-    /// Early exit at inference, if any (official: none, every expert runs).
-    pub early_exit: Option<EarlyExit>,
-}
-
-impl TlcRecipe {
-    /// Learning rate of the 1-based epoch: warm-up, then the step decays (official `LambdaLR`,
-    /// stepped after each epoch, so epoch `e` uses `λ(e − 1)`).
-    pub fn learning_rate(&self, epoch: usize) -> f64 {
-        let epoch = epoch.max(1);
-        if epoch <= self.warmup_epochs {
-            return self.lr * epoch as f64 / self.warmup_epochs as f64;
-        }
-        let factor = self
-            .lr_steps
-            .iter()
-            .filter(|(from, _)| epoch >= *from)
-            .max_by_key(|(from, _)| *from)
-            .map(|(_, f)| *f)
-            .unwrap_or(1.0);
-        self.lr * factor
-    }
-}
-
-/// A named recipe.
-pub struct Preset {
-    /// `method.dataset.variant`.
-    pub name: &'static str,
-    /// One line for `longtail presets`.
-    pub summary: &'static str,
-    /// Builds the recipe.
-    pub build: fn() -> TlcRecipe,
-}
+use crate::TlcSettings;
 
 /// All TLC presets.
 pub const PRESETS: &[Preset] = &[
@@ -109,80 +34,88 @@ pub const PRESETS: &[Preset] = &[
     },
     Preset {
         name: "tlc.fmnist-lt",
-        summary: "TLC smoke recipe: Fashion-MNIST-LT 28x28x1, 3 shallow experts, 8 epochs with DRW from epoch 7",
+        summary: "TLC on the bundled Fashion-MNIST-LT 28x28x1: 3 shallow experts, 32 epochs, DRW and lr drop at 25",
         build: fmnist,
     },
 ];
 
-/// Looks a preset up by name.
-pub fn preset(name: &str) -> Result<TlcRecipe> {
-    PRESETS
-        .iter()
-        .find(|p| p.name == name)
-        .map(|p| (p.build)())
-        .ok_or_else(|| TlcError::UnknownPreset {
-            name: name.to_string(),
-            known: PRESETS
-                .iter()
-                .map(|p| p.name)
-                .collect::<Vec<_>>()
-                .join(", "),
-        })
+/// CIFAR-10-LT IF 100: 3 ResNet-32 experts each with its own layers after the stem
+/// (docs/tlc.md §1), cosine scale 30; 200 epochs, batch 128, lr 0.1 with a 5-epoch warm-up,
+/// ×0.01 from epoch 161 and ×1e-4 from 181, wd 2e-4, Nesterov; pad-crop, flip and ±15°
+/// rotation; eval batch 4096 (the batch the official combination normalises over).
+fn cifar10() -> RunConfig {
+    let mut model = BackboneConfig::new(Arch::Resnet32, Layout::PerExpertLayer1, 3, 10);
+    model.blocks_per_stage = Some(Blocks::PerStage(vec![5, 5, 5]));
+    model.widths = Some(vec![16, 32, 64]);
+    let mut optim = OptimConfig::new(
+        200,
+        128,
+        0.1,
+        SgdConfig {
+            momentum: 0.9,
+            weight_decay: 2e-4,
+            nesterov: true,
+        },
+        LrSchedule::Piecewise {
+            warmup: 5,
+            steps: vec![(161, 0.01), (181, 1e-4)],
+        },
+    );
+    optim.eval_batch_size = 4096;
+    run(
+        DataConfig::new("cifar10-lt", Some(100.0), AugmentKind::Standard),
+        model,
+        optim,
+        TlcLossConfig::cifar(),
+    )
 }
 
-fn cifar10() -> TlcRecipe {
-    TlcRecipe {
-        dataset: "cifar10-lt".into(),
-        imbalance_factor: Some(100.0),
-        num_classes: 10,
-        input_shape: [3, 32, 32],
-        backbone: "resnet32".into(),
-        stage_blocks: vec![5, 5, 5],
-        stage_widths: vec![16, 32, 64],
-        experts: 3,
-        logit_scale: 30.0,
-        epochs: 200,
-        batch_size: 128,
-        eval_batch_size: 4096,
-        lr: 0.1,
-        momentum: 0.9,
-        nesterov: true,
-        weight_decay: 2e-4,
-        warmup_epochs: 5,
-        lr_steps: vec![(161, 0.01), (181, 1e-4)],
-        rotation_degrees: 15.0,
-        loss: TlcLossConfig::cifar(),
+fn run(data: DataConfig, model: BackboneConfig, optim: OptimConfig, loss: TlcLossConfig) -> RunConfig {
+    let settings = TlcSettings {
+        loss,
         early_exit: None,
+    };
+    RunConfig {
+        preset: None,
+        seed: 0,
+        method: MethodConfig::new("tlc", &settings).expect("TLC settings serialise"),
+        data,
+        model,
+        optim,
     }
 }
 
-fn cifar100() -> TlcRecipe {
-    TlcRecipe {
-        dataset: "cifar100-lt".into(),
-        num_classes: 100,
-        weight_decay: 5e-4,
-        ..cifar10()
-    }
+/// CIFAR-100-LT IF 100: the CIFAR-10 recipe with 100 classes and wd 5e-4.
+fn cifar100() -> RunConfig {
+    let mut r = cifar10();
+    r.data.dataset = "cifar100-lt".into();
+    r.model.num_classes = 100;
+    r.optim.sgd.weight_decay = 5e-4;
+    r
 }
 
-fn imagenet() -> TlcRecipe {
-    TlcRecipe {
-        dataset: "imagenet-lt".into(),
-        imbalance_factor: None,
-        num_classes: 1000,
-        input_shape: [3, 224, 224],
-        backbone: "resnet50".into(),
-        stage_blocks: vec![3, 4, 6, 3],
-        stage_widths: vec![256, 512, 1024, 2048],
-        epochs: 100,
-        batch_size: 256,
-        eval_batch_size: 512,
-        weight_decay: 2e-4,
-        lr_steps: vec![(61, 0.1), (81, 0.01)],
-        rotation_degrees: 0.0,
-        loss: TlcLossConfig::imagenet(),
-        ..cifar10()
-    }
+/// ImageNet-LT: ResNet-50 whose experts own layer4 (TLC's ImageNet layout), 100 epochs,
+/// batch 256, ×0.1 from epoch 61 and ×0.01 from 81, wd 2e-4, no rotation; eval batch 512.
+fn imagenet() -> RunConfig {
+    let mut r = cifar10();
+    r.data = DataConfig::new("imagenet-lt", None, AugmentKind::CropFlip);
+    r.model = BackboneConfig::new(Arch::Resnet50, Layout::SharedLayer3, 3, 1000);
+    r.optim.epochs = 100;
+    r.optim.batch_size = 256;
+    r.optim.eval_batch_size = 512;
+    r.optim.schedule = LrSchedule::Piecewise {
+        warmup: 5,
+        steps: vec![(61, 0.1), (81, 0.01)],
+    };
+    r.method = MethodConfig::new(
+        "tlc",
+        &TlcSettings {
+            loss: TlcLossConfig::imagenet(),
+            early_exit: None,
+        },
+    )
+    .expect("TLC settings serialise");
+    r
 }
 
 /// Short CPU recipe on the bundled Fashion-MNIST-LT (~2,500 images, 10 classes): one block per
@@ -191,25 +124,25 @@ fn imagenet() -> TlcRecipe {
 /// as the CIFAR recipe drops at 161 (the 200-epoch schedule compressed ~6×). The first version
 /// trained 8 epochs: 59.0 % and a fused uncertainty too poorly trained to rank errors (failure
 /// AUROC 0.684, ECE 0.377); 32 epochs give 74.9 %, 0.771 and 0.213.
-fn fmnist() -> TlcRecipe {
+fn fmnist() -> RunConfig {
     let mut loss = TlcLossConfig::cifar();
     loss.reweight_epoch = 24;
-    TlcRecipe {
-        dataset: "fmnist-lt".into(),
-        imbalance_factor: None,
-        num_classes: 10,
-        input_shape: [1, 28, 28],
-        backbone: "resnet32".into(),
-        stage_blocks: vec![1, 1, 1],
-        stage_widths: vec![16, 16, 32],
-        epochs: 32,
-        batch_size: 64,
-        eval_batch_size: 256,
-        warmup_epochs: 2,
-        lr_steps: vec![(25, 0.1)],
-        rotation_degrees: 0.0,
+    let mut model = BackboneConfig::new(Arch::Resnet32, Layout::PerExpertLayer1, 3, 10);
+    model.blocks_per_stage = Some(Blocks::PerStage(vec![1, 1, 1]));
+    model.widths = Some(vec![16, 16, 32]);
+    model.in_channels = 1;
+    let mut optim = cifar10().optim;
+    optim.epochs = 32;
+    optim.batch_size = 64;
+    optim.eval_batch_size = 256;
+    optim.schedule = LrSchedule::Piecewise {
+        warmup: 2,
+        steps: vec![(25, 0.1)],
+    };
+    run(
+        DataConfig::new("fmnist-lt", None, AugmentKind::CropFlip),
+        model,
+        optim,
         loss,
-        early_exit: None,
-        ..cifar10()
-    }
+    )
 }

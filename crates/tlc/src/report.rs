@@ -6,36 +6,39 @@
 //! set, OOD AUROC, each overall and per shot group. The scores:
 //! - `softmax`: the maximum softmax probability of the method's own prediction (every method);
 //! - `tlc` (TLC checkpoints only): TLC's confidence `c = 1 − u / max u` with `u = w_E` the fused
-//!   uncertainty of all experts (spec tlc.md §4, [`longtail_tlc::fused_uncertainty`]).
+//!   uncertainty of all experts (docs/tlc.md §4, [`fused_uncertainty`]).
 //!
 //! For TLC also: the accuracy of the official batch-normalised combination next to the per-sample
-//! one (spec tlc.md §3.2), and the early-exit curve ([`early_exit_curve`]): for each threshold
+//! one (docs/tlc.md §3.2), and the early-exit curve ([`early_exit_curve`]): for each threshold
 //! on the fused uncertainty, accuracy, mean experts evaluated and multiply-adds saved.
 //!
 //! Main items: [`evaluate_uncertainty`] → [`UncertaintyReport`]; [`score_report`] (metrics of one
-//! score); [`early_exit_curve`]; [`plot::write_plots`] (PNG risk–coverage curve and reliability
-//! diagram).
-
-pub mod plot;
+//! score); [`early_exit_curve`]; the `longtail` binary draws the PNG risk–coverage curve and
+//! reliability diagram from the report.
 
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use longtail_backbone::MultiExpert;
 use longtail_data::{Batcher, Dataset, SamplerKind, Transform};
 use longtail_metrics::uncertainty as um;
 use longtail_metrics::{classification_report, Shot};
-use longtail_tlc::{
-    fuse, fused_uncertainty, predict_early_exit, Combination, EarlyExit, ExpertForward, TlcError,
-};
-use longtail_train::{evaluate, Objective};
+use longtail_train::{evaluate, Method};
 use serde::Serialize;
 
-use crate::config::MethodConfig;
+use crate::{
+    fuse, fused_uncertainty, predict_early_exit, Combination, EarlyExit, ExpertForward, TlcError,
+    TlcSettings,
+};
+
+type Result<T> = std::result::Result<T, TlcError>;
+
+fn report_error(msg: impl Into<String>) -> TlcError {
+    TlcError::Report(msg.into())
+}
 
 /// Fused-uncertainty thresholds of the early-exit curve (absolute, see
-/// [`longtail_tlc::early_exit`]): 0 never exits (every expert runs), 1 always stops after expert 0
+/// [`crate::early_exit`]): 0 never exits (every expert runs), 1 always stops after expert 0
 /// (`w_1 = u_0 = K/S < 1`). With ×30 cosine logits one confident expert already gives
 /// `u = K/S ≈ K·e^{-30}`, and `w` is a product over experts (the bundled TLC run has a mean `w_E`
 /// around 1e-18 after one epoch), hence the logarithmic spacing down to 1e-20.
@@ -202,9 +205,9 @@ pub struct UncertaintyInput<'a> {
     /// The trained network.
     pub model: &'a MultiExpert,
     /// The method's prediction rule.
-    pub objective: &'a dyn Objective,
-    /// The method's config (TLC gets the extra results).
-    pub method: &'a MethodConfig,
+    pub objective: &'a dyn Method,
+    /// TLC's settings when the model is a TLC run (it then gets the extra results).
+    pub tlc: Option<&'a TlcSettings>,
     /// The data set's name, for the report.
     pub dataset: &'a str,
     /// The in-distribution test set.
@@ -259,16 +262,17 @@ pub fn score_report(
     ood: Option<&[f64]>,
 ) -> Result<ScoreReport> {
     if groups.len() != confidence.len() || correct.len() != confidence.len() {
-        bail!(
+        return Err(report_error(format!(
             "score `{score}`: {} confidences, {} correctness flags and {} group labels",
             confidence.len(),
             correct.len(),
             groups.len()
-        );
+        )));
     }
     let all: Vec<usize> = (0..confidence.len()).collect();
     let overall =
-        metrics_on(confidence, correct, ood, &all).with_context(|| format!("score `{score}`"))?;
+        metrics_on(confidence, correct, ood, &all)
+        .map_err(|e| report_error(format!("score `{score}`: {e}")))?;
     let group = |shot: Shot| -> Result<Option<ScoreMetrics>> {
         let idx: Vec<usize> = all.iter().copied().filter(|&i| groups[i] == shot).collect();
         if idx.is_empty() {
@@ -276,7 +280,7 @@ pub fn score_report(
         }
         metrics_on(confidence, correct, ood, &idx)
             .map(Some)
-            .with_context(|| format!("score `{score}`, {shot:?} group"))
+            .map_err(|e| report_error(format!("score `{score}`, {shot:?} group: {e}")))
     };
     let reliability = um::reliability_bins(confidence, correct, 15, um::BinEdge::Right)?
         .into_iter()
@@ -329,7 +333,7 @@ pub struct Forwarded {
 /// channels works, e.g. an OOD set with another number of classes).
 pub fn forward_dataset(
     model: &MultiExpert,
-    objective: &dyn Objective,
+    objective: &dyn Method,
     data: &Arc<Dataset>,
     transform: &Transform,
     batch_size: usize,
@@ -385,7 +389,7 @@ pub fn combined_predictions(
     batch: usize,
 ) -> Result<Vec<u32>> {
     if batch == 0 {
-        bail!("the combination batch size must be at least 1");
+        return Err(report_error(format!("the combination batch size must be at least 1")));
     }
     let all = expert_tensor(expert_logits, n, e, c)?;
     let mut out = Vec::with_capacity(n);
@@ -411,7 +415,7 @@ struct BatchExperts<'a> {
 }
 
 impl ExpertForward for BatchExperts<'_> {
-    fn forward_expert(&mut self, expert: usize, indices: &[u32]) -> longtail_tlc::Result<Tensor> {
+    fn forward_expert(&mut self, expert: usize, indices: &[u32]) -> Result<Tensor> {
         let cache = self
             .cache
             .get_mut(expert)
@@ -466,10 +470,10 @@ pub fn early_exit_curve(
     device: &Device,
 ) -> Result<EarlyExitCurve> {
     if thresholds.is_empty() {
-        bail!("early exit needs at least one threshold");
+        return Err(report_error(format!("early exit needs at least one threshold")));
     }
     if let Some(t) = thresholds.iter().find(|t| !(t.is_finite() && **t >= 0.0)) {
-        bail!("early-exit threshold {t} must be finite and >= 0");
+        return Err(report_error(format!("early-exit threshold {t} must be finite and >= 0")));
     }
     let mut thresholds = thresholds.to_vec();
     thresholds.sort_by(f64::total_cmp);
@@ -545,7 +549,7 @@ pub fn evaluate_uncertainty(input: &UncertaintyInput) -> Result<UncertaintyRepor
     let UncertaintyInput {
         model,
         objective,
-        method,
+        tlc: tlc_settings,
         dataset,
         test,
         ood,
@@ -572,13 +576,13 @@ pub fn evaluate_uncertainty(input: &UncertaintyInput) -> Result<UncertaintyRepor
     };
     let mut scores = Vec::new();
     let mut tlc = None;
-    if let MethodConfig::Tlc(settings) = method {
+    if let Some(settings) = tlc_settings {
         let combination = settings.loss.combination;
         let eta = settings.early_exit.map_or(combination.eta(), |x| x.eta);
         let u = tlc_uncertainty(&ev.expert_logits, n, e, c)?;
         let max_u = u.iter().cloned().fold(0.0, f64::max);
         let confidence = um::confidence_from_uncertainty(&u)?;
-        // Differs from official (spec §4, pitfall 12): OOD uncertainties are normalised by the
+        // Differs from official (docs/tlc.md §4, pitfall 12): OOD uncertainties are normalised by the
         // in-distribution maximum, not their own, so ID and OOD scores share one scale.
         let ood_conf = match &ood_fwd {
             Some(f) => {
@@ -647,7 +651,7 @@ pub fn evaluate_uncertainty(input: &UncertaintyInput) -> Result<UncertaintyRepor
     let r = &ev.report;
     let count = |s: Shot| groups.iter().filter(|&&g| g == s).count();
     Ok(UncertaintyReport {
-        method: method.name().to_string(),
+        method: objective.name().to_string(),
         dataset: dataset.to_string(),
         samples: n,
         accuracy: r.accuracy,

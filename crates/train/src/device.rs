@@ -1,4 +1,4 @@
-//! Choosing the compute device: `--device cpu|cuda[:N]|auto` (issue #9).
+//! Choosing the compute device: `--device cpu|cuda[:N]|auto`.
 //!
 //! The CUDA backend exists only in builds with the `cuda` cargo feature (candle's CUDA kernels
 //! need `nvcc` at build time; `.ci/cuda.sh` shows how to get it from PyPI). A CPU-only build
@@ -10,8 +10,11 @@
 //! driver) and cuBLAS/cuRAND/NVRTC dynamically, so such a binary starts only where those
 //! libraries are installed.
 
-use anyhow::{bail, Context, Result};
 use candle_core::Device;
+
+use crate::TrainError;
+
+type Result<T> = std::result::Result<T, TrainError>;
 
 /// Whether this build has the CUDA backend (the `cuda` feature).
 pub const CUDA_BUILT: bool = cfg!(feature = "cuda");
@@ -28,7 +31,7 @@ pub enum DeviceSpec {
 }
 
 impl std::str::FromStr for DeviceSpec {
-    type Err = anyhow::Error;
+    type Err = TrainError;
 
     /// Parses `cpu`, `cuda`, `cuda:N` (`gpu` is accepted for `cuda`) or `auto`.
     fn from_str(s: &str) -> Result<Self> {
@@ -40,12 +43,16 @@ impl std::str::FromStr for DeviceSpec {
             _ => {}
         }
         if let Some(n) = t.strip_prefix("cuda:").or_else(|| t.strip_prefix("gpu:")) {
-            let ordinal = n.parse::<usize>().with_context(|| {
-                format!("bad device {s:?}: the CUDA ordinal must be a number, as in cuda:0")
+            let ordinal = n.parse::<usize>().map_err(|_| {
+                TrainError::Device(format!(
+                    "bad device {s:?}: the CUDA ordinal must be a number, as in cuda:0"
+                ))
             })?;
             return Ok(Self::Cuda(ordinal));
         }
-        bail!("unknown device {s:?}: expected cpu, cuda, cuda:N or auto")
+        Err(TrainError::Device(format!(
+            "unknown device {s:?}: expected cpu, cuda, cuda:N or auto"
+        )))
     }
 }
 
@@ -64,14 +71,16 @@ pub fn device(spec: &str) -> Result<Device> {
 
 fn cuda(ordinal: usize) -> Result<Device> {
     if !CUDA_BUILT {
-        bail!(
+        return Err(TrainError::Device(format!(
             "device cuda:{ordinal} asked for, but this build has no CUDA support: \
              rebuild with `cargo build --release --features cuda` (needs nvcc; see .ci/cuda.sh), \
              or pass --device cpu"
-        );
+        )));
     }
-    Device::new_cuda(ordinal).with_context(|| {
-        format!("cannot open CUDA device {ordinal} (is an NVIDIA GPU and its driver present?)")
+    Device::new_cuda(ordinal).map_err(|e| {
+        TrainError::Device(format!(
+            "cannot open CUDA device {ordinal} (is an NVIDIA GPU and its driver present?): {e}"
+        ))
     })
 }
 

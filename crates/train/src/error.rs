@@ -39,13 +39,25 @@ pub enum TrainError {
     /// A metric could not be computed.
     #[error(transparent)]
     Metrics(#[from] longtail_metrics::MetricsError),
+    /// A method's own code failed (its settings, its loss); `source` is the method crate's error.
+    #[error("{method}: {source}")]
+    Method {
+        /// The method's name.
+        method: String,
+        /// The method crate's error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The compute device cannot be used as asked.
+    #[error("{0}")]
+    Device(String),
     /// A tensor operation failed.
     #[error(transparent)]
     Tensor(#[from] candle_core::Error),
 }
 
 impl TrainError {
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    /// An I/O error on `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         TrainError::Io {
             path: path.into(),
             source,

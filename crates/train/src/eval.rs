@@ -4,16 +4,16 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use longtail_backbone::MultiExpert;
+use longtail_backbone::{ExpertOutput, MultiExpert};
 use longtail_data::{Batcher, Dataset, SamplerKind, Shot, Transform};
 use longtail_metrics::{argmax_rows, classification_report, ClassificationReport};
 
-use crate::{Objective, TrainError};
+use crate::{Method, TrainError};
 
 /// Everything one evaluation pass produced.
 #[derive(Debug, Clone)]
 pub struct Evaluation {
-    /// Accuracy of the method's prediction ([`Objective::predict`]).
+    /// Accuracy of the method's prediction ([`Method::predict`]).
     pub report: ClassificationReport,
     /// Accuracy of each expert on its own.
     pub experts: Vec<ClassificationReport>,
@@ -50,10 +50,33 @@ impl Evaluation {
     }
 }
 
-/// Runs the model in eval mode (BN running statistics) over `data` in order.
+/// Runs the model in eval mode (BN running statistics) over `data` in order, predicting with
+/// the method's rule ([`Method::predict`]).
 pub fn evaluate(
     model: &MultiExpert,
-    objective: &dyn Objective,
+    objective: &dyn Method,
+    data: &Arc<Dataset>,
+    transform: &Transform,
+    batch_size: usize,
+    shots: &[Shot],
+    device: &Device,
+) -> Result<Evaluation, TrainError> {
+    evaluate_with(
+        model,
+        &|out| objective.predict(out),
+        data,
+        transform,
+        batch_size,
+        shots,
+        device,
+    )
+}
+
+/// [`evaluate`] with any prediction rule (e.g. the plain mean of the experts' logits,
+/// `|out| Ok(out.logits.clone())`, where no method is at hand).
+pub fn evaluate_with(
+    model: &MultiExpert,
+    predict: &dyn Fn(&ExpertOutput) -> candle_core::Result<Tensor>,
     data: &Arc<Dataset>,
     transform: &Transform,
     batch_size: usize,
@@ -76,7 +99,7 @@ pub fn evaluate(
         let batch = batch?;
         let out = model.forward_t(&batch.images, false)?;
         num_experts = out.expert_logits.dim(1)?;
-        logits.extend(to_vec(&objective.predict(&out)?)?);
+        logits.extend(to_vec(&predict(&out)?)?);
         expert_logits.extend(to_vec(&out.expert_logits)?);
         labels.extend(batch.labels.to_vec1::<u32>()?);
     }

@@ -1,24 +1,35 @@
-//! The training engine shared by every method: SGD with Nesterov momentum, the official
-//! learning-rate schedules, the epoch loop with atomic checkpoints and resume, and evaluation.
+//! The training engine shared by every method: the run config, SGD with Nesterov momentum,
+//! the official learning-rate schedules, the epoch loop with atomic checkpoints and resume,
+//! evaluation, and the compute device.
 //!
-//! A method plugs in through [`Objective`]: its loss, a per-epoch hook and its prediction rule.
-//! [`fit`] does the rest and writes `last.safetensors` (weights, BN statistics, momentum, run
-//! metadata) and one `metrics.jsonl` line per epoch into the run directory.
+//! A method plugs in through two traits: [`Method`] (its loss on a batch, a per-epoch hook and
+//! its prediction rule) and [`MethodKind`] (its name, presets, settings check and constructor).
+//! [`train_run`] does the rest: loads the data a [`RunConfig`] names, builds the network, and
+//! [`fit`] writes `last.safetensors` (weights, BN statistics, momentum, run metadata) and one
+//! `metrics.jsonl` line per epoch into the run directory.
 
 #![deny(missing_docs)]
 
 pub mod checkpoint;
+mod config;
+pub mod device;
 mod error;
 pub mod eval;
-mod objective;
+mod method;
+mod run;
 mod schedule;
 mod sgd;
 pub mod trainer;
 
+pub use config::{DataConfig, MethodConfig, OptimConfig, RunConfig};
 pub use error::TrainError;
-pub use eval::{evaluate, Evaluation};
+pub use eval::{evaluate, evaluate_with, Evaluation};
 pub use longtail_backbone::trainable_vars;
-pub use objective::{CrossEntropy, Objective};
+pub use method::{method_error, Method, MethodKind, Preset};
+pub use run::{load_data, load_run, metadata, train_run, transforms, LoadedRun, RunData};
 pub use schedule::LrSchedule;
 pub use sgd::{Sgd, SgdConfig};
-pub use trainer::{fit, EpochRecord, FitSummary, Progress, RunOptions, TrainConfig, TrainData};
+pub use trainer::{
+    fit, train_epoch, EpochRecord, EpochStats, FitSummary, Progress, RunOptions, Step,
+    TrainConfig, TrainData,
+};

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::checkpoint::{self, Checkpoint};
 use crate::eval::{evaluate, Evaluation};
-use crate::{LrSchedule, Objective, Sgd, SgdConfig, TrainError};
+use crate::{LrSchedule, Method, Sgd, SgdConfig, TrainError};
 use longtail_backbone::trainable_vars;
 
 /// File name of the checkpoint written after every epoch.
@@ -161,7 +161,7 @@ pub struct FitSummary {
 pub fn fit(
     model: &MultiExpert,
     varmap: &VarMap,
-    objective: &mut dyn Objective,
+    objective: &mut dyn Method,
     data: &TrainData,
     cfg: &TrainConfig,
     opts: &RunOptions,
@@ -236,63 +236,34 @@ pub fn fit(
             epoch as u64,
             &opts.device,
         )?;
-        let steps = batcher.num_batches();
-        progress.start(epoch, cfg.epochs, steps);
-        let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
-        let mut pending: Vec<Option<Tensor>> = vec![None; opt.params().len()];
-        let mut in_step = 0;
-        let train_start = Instant::now();
-        for (step, batch) in batcher.enumerate() {
-            let batch = batch?;
-            let out = model.forward_t(&batch.images, true)?;
-            let loss = objective.loss(&out, &batch.labels)?;
-            let value = loss.to_scalar::<f32>()?;
-            if !value.is_finite() {
-                progress.finish();
-                return Err(TrainError::NonFiniteLoss { epoch, step, value });
-            }
-            let n = batch.indices.len();
-            loss_sum += value as f64 * n as f64;
-            seen += n;
-            // Counted on the device: one scalar comes back, not the whole [B, C] prediction.
-            let hits = objective
-                .predict(&out)?
-                .argmax(candle_core::D::Minus1)?
-                .eq(&batch.labels.to_dtype(candle_core::DType::U32)?)?
-                .to_dtype(candle_core::DType::U32)?
-                .sum_all()?
-                .to_scalar::<u32>()?;
-            correct += hits as usize;
-            let scaled = if cfg.accumulate > 1 {
-                (loss / cfg.accumulate as f64)?
-            } else {
-                loss
-            };
-            let grads = scaled.backward()?;
-            for (slot, (_, var)) in pending.iter_mut().zip(opt.params()) {
-                if let Some(g) = grads.get(var.as_tensor()) {
-                    *slot = Some(match slot.take() {
-                        Some(acc) => (acc + g)?,
-                        None => g.clone(),
-                    });
-                }
-            }
-            in_step += 1;
-            if in_step == cfg.accumulate || step + 1 == steps {
-                opt.step_with(&std::mem::replace(
-                    &mut pending,
-                    vec![None; opt.params().len()],
-                ))?;
-                in_step = 0;
-            }
-            progress.tick(
-                seen,
-                train_start.elapsed().as_secs_f64(),
-                loss_sum / seen as f64,
-            );
-        }
-        let train_secs = train_start.elapsed().as_secs_f64();
+        progress.start(epoch, cfg.epochs, batcher.num_batches());
+        let stats = train_epoch(
+            batcher,
+            &mut opt,
+            cfg.accumulate,
+            epoch,
+            |batch| {
+                let out = model.forward_t(&batch.images, true)?;
+                let loss = objective.loss(&out, batch)?;
+                // Counted on the device: one scalar comes back, not the whole [B, C] prediction.
+                let hits = objective
+                    .predict(&out)?
+                    .argmax(candle_core::D::Minus1)?
+                    .eq(&batch.labels.to_dtype(candle_core::DType::U32)?)?
+                    .to_dtype(candle_core::DType::U32)?
+                    .sum_all()?
+                    .to_scalar::<u32>()?;
+                Ok(Step {
+                    loss,
+                    correct: hits as usize,
+                })
+            },
+            |seen, secs, loss| progress.tick(seen, secs, loss),
+        );
         progress.finish();
+        let stats = stats?;
+        let (loss_sum, correct, seen, train_secs) =
+            (stats.loss_sum, stats.correct, stats.seen, stats.seconds);
         let val = match &data.val {
             Some(v) => Some(evaluate(
                 model,
@@ -350,6 +321,101 @@ pub fn fit(
         history,
         test,
         resumed_from,
+    })
+}
+
+/// One step's result for [`train_epoch`].
+pub struct Step {
+    /// The scalar loss of the batch (its gradient is taken).
+    pub loss: Tensor,
+    /// How many of the batch's images the prediction got right (0 where not measured).
+    pub correct: usize,
+}
+
+/// What one pass of [`train_epoch`] measured.
+#[derive(Clone, Debug)]
+pub struct EpochStats {
+    /// Σ over steps of (loss × images in the step).
+    pub loss_sum: f64,
+    /// Σ over steps of the loss (for a per-step mean).
+    pub step_loss_sum: f64,
+    /// Correct predictions ([`Step::correct`] summed).
+    pub correct: usize,
+    /// Images seen.
+    pub seen: usize,
+    /// Optimizer micro-steps (batches).
+    pub steps: usize,
+    /// Wall time of the pass.
+    pub seconds: f64,
+}
+
+/// One epoch of SGD over `batcher`: the loop every training stage shares (stage 1 in [`fit`],
+/// RIDE's router in stage 2).
+///
+/// `step` computes a batch's loss; its gradient is accumulated over `accumulate` micro-batches
+/// (the loss divided by `accumulate`) and applied by `opt`. A non-finite loss stops with
+/// [`TrainError::NonFiniteLoss`] before any update from it. `tick(seen, seconds, mean loss)` is
+/// called after every batch (progress display).
+pub fn train_epoch(
+    batcher: Batcher,
+    opt: &mut Sgd,
+    accumulate: usize,
+    epoch: usize,
+    mut step: impl FnMut(&longtail_data::Batch) -> Result<Step, TrainError>,
+    mut tick: impl FnMut(usize, f64, f64),
+) -> Result<EpochStats, TrainError> {
+    let steps = batcher.num_batches();
+    let (mut loss_sum, mut step_loss_sum, mut correct, mut seen) = (0.0f64, 0.0f64, 0usize, 0usize);
+    let mut pending: Vec<Option<Tensor>> = vec![None; opt.params().len()];
+    let mut in_step = 0;
+    let start = Instant::now();
+    for (index, batch) in batcher.enumerate() {
+        let batch = batch?;
+        let Step { loss, correct: hits } = step(&batch)?;
+        let value = loss.to_scalar::<f32>()?;
+        if !value.is_finite() {
+            return Err(TrainError::NonFiniteLoss {
+                epoch,
+                step: index,
+                value,
+            });
+        }
+        let n = batch.indices.len();
+        loss_sum += value as f64 * n as f64;
+        step_loss_sum += value as f64;
+        seen += n;
+        correct += hits;
+        let scaled = if accumulate > 1 {
+            (loss / accumulate as f64)?
+        } else {
+            loss
+        };
+        let grads = scaled.backward()?;
+        for (slot, (_, var)) in pending.iter_mut().zip(opt.params()) {
+            if let Some(g) = grads.get(var.as_tensor()) {
+                *slot = Some(match slot.take() {
+                    Some(acc) => (acc + g)?,
+                    None => g.clone(),
+                });
+            }
+        }
+        in_step += 1;
+        if in_step == accumulate || index + 1 == steps {
+            opt.step_with(&std::mem::replace(
+                &mut pending,
+                vec![None; opt.params().len()],
+            ))?;
+            in_step = 0;
+        }
+        tick(seen, start.elapsed().as_secs_f64(), loss_sum / seen as f64);
+    }
+    Ok(EpochStats {
+        loss_sum,
+        step_loss_sum,
+        correct,
+        seen,
+        steps,
+        seconds: start.elapsed().as_secs_f64(),
     })
 }
 

@@ -6,9 +6,11 @@ use std::sync::Arc;
 use candle_core::{Device, Tensor};
 use longtail_backbone::{Arch, BackboneConfig, Blocks, ExpertOutput, Layout, MultiExpert};
 use longtail_data::{shot_groups, Augment, Dataset, Normalize, SamplerKind, ShotRule, Transform};
+use longtail_baselines::CrossEntropy;
+use longtail_data::Batch;
 use longtail_train::{
-    checkpoint, fit, CrossEntropy, LrSchedule, Objective, Progress, RunOptions, SgdConfig,
-    TrainConfig, TrainData, TrainError,
+    checkpoint, fit, LrSchedule, Method, Progress, RunOptions, SgdConfig, TrainConfig, TrainData,
+    TrainError,
 };
 
 /// 3 classes of 8×8 grey images: a bright row band at the top, middle or bottom, plus noise
@@ -229,7 +231,7 @@ fn an_existing_run_is_not_overwritten_without_resume() -> Result<(), TrainError>
 
 /// Cross-entropy that turns NaN from epoch 2 on.
 struct NanFrom2(usize);
-impl Objective for NanFrom2 {
+impl Method for NanFrom2 {
     fn name(&self) -> &str {
         "nan"
     }
@@ -237,8 +239,8 @@ impl Objective for NanFrom2 {
         self.0 = epoch;
         Ok(())
     }
-    fn loss(&self, out: &ExpertOutput, targets: &Tensor) -> candle_core::Result<Tensor> {
-        let l = candle_nn::loss::cross_entropy(&out.logits, targets)?;
+    fn loss(&self, out: &ExpertOutput, batch: &Batch) -> candle_core::Result<Tensor> {
+        let l = candle_nn::loss::cross_entropy(&out.logits, &batch.labels)?;
         if self.0 >= 2 {
             l.log()?.affine(0.0, f64::NAN)
         } else {

@@ -1,0 +1,168 @@
+//! The one place that names every method and preset.
+//!
+//! Adding a method is one new crate (its `MethodKind`, `Method`, presets) plus one line in
+//! [`METHODS`]. Preset names read `method.dataset[.variant]`; `<method>.<dataset>` also finds the
+//! first preset of that method and data set (`tlc.cifar100-lt` → `tlc.cifar100-lt.if100.e3`).
+
+use anyhow::{anyhow, bail, Result};
+use longtail_train::{MethodKind, RunConfig, TrainError};
+
+/// Every method, in listing order.
+pub const METHODS: &[&dyn MethodKind] = &[
+    &longtail_baselines::Ce,
+    &longtail_ride::Ride,
+    &longtail_sade::Sade,
+    &longtail_tlc::Tlc,
+];
+
+/// One preset as `longtail presets` lists it.
+pub struct PresetEntry {
+    /// `method.dataset[.variant]`.
+    pub name: String,
+    /// What it is and where its values come from.
+    pub summary: String,
+    /// Its config (with `preset` set to its name).
+    pub config: RunConfig,
+}
+
+/// Every preset: each method's own, then the CE baseline of every RIDE recipe (`ce.<dataset>`:
+/// the same recipe with one plain expert, [`longtail_baselines::ce_baseline_of`]).
+pub fn presets() -> Vec<PresetEntry> {
+    let mut all: Vec<PresetEntry> = METHODS
+        .iter()
+        .flat_map(|m| m.presets())
+        .map(|p| PresetEntry {
+            name: p.name.to_string(),
+            summary: p.summary.to_string(),
+            config: p.config(),
+        })
+        .collect();
+    for p in longtail_ride::presets::PRESETS {
+        let config = longtail_baselines::ce_baseline_of(&p.config());
+        all.push(PresetEntry {
+            name: config.preset.clone().unwrap_or_default(),
+            summary: "CE baseline: the RIDE recipe of the same data set with one plain expert and softmax CE".into(),
+            config,
+        });
+    }
+    all
+}
+
+/// The method named `name`.
+pub fn method(name: &str) -> Result<&'static dyn MethodKind> {
+    METHODS
+        .iter()
+        .copied()
+        .find(|m| m.name() == name)
+        .ok_or_else(|| {
+            let known: Vec<&str> = METHODS.iter().map(|m| m.name()).collect();
+            anyhow!("unknown method `{name}` (known: {})", known.join(", "))
+        })
+}
+
+/// The config of the preset `name` (exact, or the first `name.*`).
+pub fn preset(name: &str) -> Result<RunConfig> {
+    let all = presets();
+    let found = all
+        .iter()
+        .find(|p| p.name == name)
+        .or_else(|| all.iter().find(|p| p.name.starts_with(&format!("{name}."))));
+    match found {
+        Some(p) => Ok(p.config.clone()),
+        None => bail!(
+            "unknown preset `{name}` (known: {})",
+            all.iter()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// Checks a config: the shared parts, then the method's settings.
+pub fn check(cfg: &RunConfig) -> Result<()> {
+    cfg.check_common()?;
+    method(&cfg.method.name)?.check(cfg)?;
+    Ok(())
+}
+
+/// The registry as the Hub import sees it.
+pub struct Registry;
+
+impl longtail_hub::Presets for Registry {
+    fn preset(&self, name: &str) -> std::result::Result<RunConfig, TrainError> {
+        preset(name).map_err(|e| TrainError::Config(e.to_string()))
+    }
+
+    fn check(&self, cfg: &RunConfig) -> std::result::Result<(), TrainError> {
+        cfg.check_common()?;
+        method(&cfg.method.name)
+            .map_err(|e| TrainError::Config(e.to_string()))?
+            .check(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use longtail_train::LrSchedule;
+
+    #[test]
+    fn every_preset_builds_a_valid_config_that_survives_toml() {
+        for p in presets() {
+            check(&p.config).unwrap_or_else(|e| panic!("{}: {e:#}", p.name));
+            let back = RunConfig::from_toml(&p.config.to_toml().unwrap()).unwrap();
+            assert_eq!(back, p.config, "{}", p.name);
+            assert_eq!(p.config.preset.as_deref(), Some(p.name.as_str()));
+        }
+    }
+
+    #[test]
+    fn every_method_is_named_once_and_has_presets() {
+        for m in METHODS {
+            assert_eq!(METHODS.iter().filter(|o| o.name() == m.name()).count(), 1);
+            assert!(
+                presets().iter().any(|p| p.config.method.name == m.name()),
+                "{} has no preset",
+                m.name()
+            );
+        }
+    }
+
+    #[test]
+    fn the_cifar100_ride_preset_has_the_official_values() {
+        let c = preset("ride.cifar100-lt").unwrap();
+        assert_eq!(c.optim.epochs, 200);
+        assert_eq!(
+            c.optim.schedule,
+            LrSchedule::Steps {
+                warmup: 5,
+                step1: 160,
+                step2: 180,
+                gamma: 0.01
+            }
+        );
+        assert!(c.optim.sgd.nesterov && c.optim.sgd.weight_decay == 5e-4);
+        let r: longtail_ride::RideLossConfig = c.method.settings().unwrap();
+        assert_eq!((r.diversity_factor, r.reweight_epoch), (-0.45, Some(160)));
+        assert_eq!(c.model.num_experts, 3);
+        assert!(c.model.reduce_dimension);
+    }
+
+    #[test]
+    fn unknown_names_and_fields_are_errors() {
+        assert!(preset("ride.mnist")
+            .unwrap_err()
+            .to_string()
+            .contains("known:"));
+        let mut t = preset("ride.fmnist-lt").unwrap().to_toml().unwrap();
+        t.push_str("\nepoch = 3\n");
+        assert!(RunConfig::from_toml(&t).is_err());
+        // A typo inside a method's settings is an error too (the method's own config).
+        let mut c = preset("ride.fmnist-lt").unwrap();
+        c.method
+            .settings
+            .insert("max_margn".into(), toml::Value::Float(0.5));
+        assert!(check(&c).unwrap_err().to_string().contains("max_margn"));
+    }
+}
