@@ -6,7 +6,7 @@
 //! cargo run --release --example gpu_check -- --device cpu --quick   # the same checks on CPU
 //! ```
 //!
-//! Parity (`shared/fixtures/official`, found by walking up from the crate or via `--fixtures`):
+//! Parity (`fixtures/official`, found by walking up from the crate or via `--fixtures`):
 //! - the four official CIFAR models' eval forward (RIDE-3, RIDE baseline, SADE-3, TLC-3):
 //!   per-expert logits and mean logits within `--logit-tol` (1e-3) of the official float32
 //!   outputs, computed with TF32 off (candle's default; `--tf32` turns it on to measure it);
@@ -44,7 +44,7 @@ struct Args {
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "auto")]
     device: String,
-    /// Directory of the official fixtures (default: shared/fixtures/official above the crate).
+    /// Directory of the official fixtures (default: fixtures/official above the crate).
     #[arg(long)]
     fixtures: Option<PathBuf>,
     /// Largest allowed |logit − official logit|.
@@ -103,24 +103,13 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// `shared/fixtures/official` in an ancestor of the crate, or beside one (CI clones the repo
-/// with `shared/` next to it).
+/// The repository's `fixtures/official` (the official parity fixtures).
 fn fixtures_dir() -> Result<PathBuf> {
-    let start = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    for dir in start.ancestors() {
-        for c in [
-            dir.join("shared/fixtures/official"),
-            dir.join("../shared/fixtures/official"),
-        ] {
-            if c.is_dir() {
-                return Ok(c);
-            }
-        }
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/official");
+    if !dir.is_dir() {
+        bail!("{} not found: pass --fixtures DIR", dir.display());
     }
-    bail!(
-        "shared/fixtures/official not found above {}: pass --fixtures DIR",
-        start.display()
-    )
+    Ok(dir)
 }
 
 fn load(dir: &Path, name: &str, dev: &Device) -> Result<HashMap<String, Tensor>> {

@@ -69,7 +69,7 @@ fn train(dir: &Path, method: &str, test_per_class: usize) -> PathBuf {
     out
 }
 
-/// The per-class test counts of sade.md §3 for 10 classes whose frequency rank is the class
+/// The per-class test counts of docs/sade.md §3 for 10 classes whose frequency rank is the class
 /// index: `⌊100 · (1/ρ)^(k/9)⌋`, `k` = rank (forward) or `9 − rank` (backward).
 fn expected_counts(name: &str, n_max: usize) -> Vec<usize> {
     let (ratio, backward) = if let Some(r) = name.strip_prefix("forward") {
@@ -170,7 +170,7 @@ fn sade_eval_under_eleven_test_distributions() {
             assert!(d[kind]["overall"].is_f64());
         }
     }
-    // Forward and backward of the same ratio hold the same number of images (sade.md §3).
+    // Forward and backward of the same ratio hold the same number of images (docs/sade.md §3).
     for r in ["2", "5", "10", "25", "50"] {
         let n = |dir: &str| {
             dists

@@ -187,7 +187,7 @@ fn print_table(
     )?;
     writeln!(
         out,
-        "plain = mean of the experts' logits; aggregated = weights learned on the unlabeled shifted set (two strong views, sade.md §2); * = stopped early by the rounded-weight rule"
+        "plain = mean of the experts' logits; aggregated = weights learned on the unlabeled shifted set (two strong views, docs/sade.md §2); * = stopped early by the rounded-weight rule"
     )?;
     Ok(())
 }

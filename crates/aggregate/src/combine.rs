@@ -1,7 +1,7 @@
 //! Plain (untrained) combiners of expert logits, and the layout helpers.
 //!
 //! Layout: every function here takes per-expert logits as **`[E, B, C]`** (experts, samples,
-//! classes), the layout SADE's loss receives (`extra_info["logits"]`, spec sade.md §1.2).
+//! classes), the layout SADE's loss receives (`extra_info["logits"]`, docs/sade.md §1.2).
 //! Models that return `[B, E, C]` (SADE's forward `logits` key, the fixtures' `expert_logits`)
 //! go through [`experts_first`] first. Results are `[B, C]`, in f64 when the input is f64 and in
 //! f32 otherwise.
@@ -42,7 +42,7 @@ pub fn batch_first(expert_first_logits: &Tensor) -> Result<Tensor> {
 /// The unweighted mean of the experts' logits, `[E, B, C]` → `[B, C]`.
 ///
 /// This is SADE's (and RIDE's) plain prediction: the forward's `output` is the arithmetic mean of
-/// the expert logits (spec sade.md §1.1, pitfall 1). Logits are averaged, not probabilities.
+/// the expert logits (docs/sade.md §1.1, pitfall 1). Logits are averaged, not probabilities.
 pub fn mean_logits(logits: &Tensor) -> Result<Tensor> {
     check::expert_logits("logits", logits)?;
     check::finite("logits", logits)?;
@@ -53,7 +53,7 @@ pub fn mean_logits(logits: &Tensor) -> Result<Tensor> {
 /// `Σ_e w_e · v_e`: logits `[E, B, C]` mixed with fixed weights, → `[B, C]`.
 ///
 /// This is the prediction of SADE's test-time aggregation once `w = softmax(ω)` is learned
-/// (spec sade.md §2 step 8: `argmax_c Σ_e w_e v_e,c`). The weights must be one per expert,
+/// (docs/sade.md §2 step 8: `argmax_c Σ_e w_e v_e,c`). The weights must be one per expert,
 /// non-negative and sum to 1 within [`check::SUM_TOLERANCE`](crate::SUM_TOLERANCE).
 pub fn weighted_logits(logits: &Tensor, weights: &[f64]) -> Result<Tensor> {
     let (e, _, _) = check::expert_logits("logits", logits)?;
@@ -73,7 +73,7 @@ pub(crate) fn mix(logits: &Tensor, weights: &[f64]) -> Result<Tensor> {
 ///
 /// Apply it to logits that model the **class-balanced** posterior, i.e. that were trained for a
 /// uniform prior: in SADE that is the uniform expert (expert index 1, trained with balanced
-/// softmax, `CE(v₂ + log π_train, y)`, spec sade.md §1.2), e.g.
+/// softmax, `CE(v₂ + log π_train, y)`, docs/sade.md §1.2), e.g.
 /// `prior_corrected(&logits.get(1)?, &pi)`; or any balanced-softmax / logit-adjusted model. Then
 /// `softmax(v + log π_test)` is the Bayes posterior under the test label distribution (logit
 /// adjustment, Menon et al. 2021). Do not apply it to the mean of SADE's three experts: the

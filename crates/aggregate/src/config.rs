@@ -3,7 +3,7 @@
 use crate::error::{AggregateError, Result};
 use crate::sgd::TestTimeSgd;
 
-/// Configuration of [`TestTimeAggregator`](crate::TestTimeAggregator) (spec sade.md §2 steps 6–7).
+/// Configuration of [`TestTimeAggregator`](crate::TestTimeAggregator) (docs/sade.md §2 steps 6–7).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AggregatorConfig {
     /// The optimiser on ω.

@@ -11,7 +11,7 @@ use crate::rng::SplitMix64;
 
 /// Learns expert weights `w = softmax(ω)` on unlabeled data by maximising prediction stability
 /// (SADE, Zhang et al., NeurIPS 2022, Sec. 4.2 "test-time self-supervised aggregation";
-/// `test_training_*.py`, spec sade.md §2).
+/// `test_training_*.py`, docs/sade.md §2).
 ///
 /// ω starts at `1/E` for every expert (uniform weights). Each epoch visits the samples in a
 /// seeded random order in batches of `batch_size`; each batch takes one SGD step (Nesterov,

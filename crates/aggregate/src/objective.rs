@@ -22,7 +22,7 @@ pub struct StabilityLoss {
     pub entropy: f64,
 }
 
-/// SADE's test-time objective on one batch, for fixed weights (spec sade.md §2 steps 3–5).
+/// SADE's test-time objective on one batch, for fixed weights (docs/sade.md §2 steps 3–5).
 ///
 /// `z = Σ_e w_e v_e` (aggregation on **logits**), `p = softmax_c(z)` for each view, then
 /// `loss = −mean_i cos(p_a,i, p_b,i) − λ·H`, with

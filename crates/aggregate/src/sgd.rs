@@ -2,7 +2,7 @@
 
 use crate::error::{AggregateError, Result};
 
-/// Hyperparameters of the optimiser on ω (spec sade.md §2 step 6).
+/// Hyperparameters of the optimiser on ω (docs/sade.md §2 step 6).
 ///
 /// The official scripts build `torch.optim.SGD([ω], lr, momentum=0.9, weight_decay, nesterov=True)`
 /// from each dataset's training config: CIFAR-100-LT lr 0.1 / wd 5e-4, ImageNet-LT 0.025 / 5e-4,
@@ -65,7 +65,7 @@ impl TestTimeSgd {
 
 /// The optimiser state: one momentum buffer per parameter, kept on the host in f64.
 ///
-/// One step, with PyTorch's semantics (dampening 0; spec sade.md pitfall 8):
+/// One step, with PyTorch's semantics (dampening 0; docs/sade.md pitfall 8):
 /// `g ← g + wd·ω; buf ← μ·buf + g` (the first step sets `buf = g`);
 /// `d ← g + μ·buf` with Nesterov, `d ← buf` without; `ω ← ω − lr·d`.
 ///

@@ -9,7 +9,7 @@ use crate::error::{AggregateError, Result};
 use crate::learner::Learner;
 use crate::objective::StabilityLoss;
 
-/// Streaming test-time aggregation (spec sade.md §2, "Online / streaming"): for each incoming
+/// Streaming test-time aggregation (docs/sade.md §2, "Online / streaming"): for each incoming
 /// batch, one SGD step on its two augmented views, then a prediction of the same batch's clean
 /// view with the updated weights. There are no epochs, so there is no early-stop rule.
 ///

@@ -10,14 +10,14 @@ use crate::ops::Kernels;
 #[serde(rename_all = "snake_case")]
 pub enum Arch {
     /// CIFAR ResNet-32 (He et al. 2016, §4.2): 3×3 stem, three stages of BasicBlocks with the
-    /// parameter-free option-A shortcut (ride.md §1.1). `blocks_per_stage` 5 gives ResNet-32,
+    /// parameter-free option-A shortcut (docs/ride.md §1.1). `blocks_per_stage` 5 gives ResNet-32,
     /// 1 gives ResNet-8, 2 gives ResNet-14.
     Resnet32,
-    /// ImageNet ResNet-50 (Bottleneck [3, 4, 6, 3], stride on the 3×3 conv; ride.md §1.2).
+    /// ImageNet ResNet-50 (Bottleneck [3, 4, 6, 3], stride on the 3×3 conv; docs/ride.md §1.2).
     Resnet50,
-    /// ImageNet ResNeXt-50 32×4d (grouped 3×3 conv, 32 groups, 4 channels per group; ride.md §1.2).
+    /// ImageNet ResNeXt-50 32×4d (grouped 3×3 conv, 32 groups, 4 channels per group; docs/ride.md §1.2).
     Resnext50,
-    /// ImageNet ResNet-152 (Bottleneck [3, 8, 36, 3]): SADE's Places-LT backbone (sade.md §4).
+    /// ImageNet ResNet-152 (Bottleneck [3, 8, 36, 3]): SADE's Places-LT backbone (docs/sade.md §4).
     Resnet152,
 }
 
@@ -55,7 +55,7 @@ impl Arch {
     }
 
     /// Stage planes: CIFAR 16/32/64 (reduced 16/24/48); ImageNet 64/128/256/512 (reduced
-    /// 64/128/192/384), as `reduce_dimension` in the official code (ride.md §1.1, §1.2).
+    /// 64/128/192/384), as `reduce_dimension` in the official code (docs/ride.md §1.1, §1.2).
     pub fn default_planes(self, reduce_dimension: bool) -> Vec<usize> {
         match (self.is_cifar(), reduce_dimension) {
             (true, false) => vec![16, 32, 64],
@@ -81,10 +81,10 @@ impl Arch {
 /// |---|---|---|
 /// | `shared_layer1` | stem, `layer1` shared; `layer2s`, `layer3s` per expert (RIDE, SADE) | stem, `layer1`, `layer2` shared; `layer3s`, `layer4s` per expert (RIDE, SADE ImageNet) |
 /// | `per_expert_layer1` | stem shared; `layer1s`..`layer3s` per expert (TLC CIFAR) | stem shared; `layer1s`..`layer4s` per expert |
-/// | `shared_layer3` | all stages shared; only `linears` per expert | stem, `layer1`..`layer3` shared; `layer4s` per expert (TLC ImageNet, tlc.md §1) |
+/// | `shared_layer3` | all stages shared; only `linears` per expert | stem, `layer1`..`layer3` shared; `layer4s` per expert (TLC ImageNet, docs/tlc.md §1) |
 ///
 /// With one expert the layout does not matter: every stage is `layer{i}` and the classifier is
-/// `linear`, the key names of the single-branch baseline (ride.md §2).
+/// `linear`, the key names of the single-branch baseline (docs/ride.md §2).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Layout {
@@ -274,7 +274,7 @@ impl BackboneConfig {
             return bad("widths", "every width must be at least 1".into());
         }
         if self.arch.is_cifar() {
-            // Option A pads (planes - in_planes) / 2 zero channels on each side (ride.md §1.1):
+            // Option A pads (planes - in_planes) / 2 zero channels on each side (docs/ride.md §1.1):
             // widths may not shrink, and each increase must be even.
             let mut prev = self.arch.stem_width();
             for &p in &planes {

@@ -1,7 +1,7 @@
 //! Building blocks: conv, residual blocks, stages, stem and classifier heads.
 //!
 //! Each module is built through a `VarBuilder` so that its path is the official state-dict key
-//! (ride.md §2, tlc.md §7). Each also reports its multiply-accumulates for a given input size,
+//! (docs/ride.md §2, docs/tlc.md §7). Each also reports its multiply-accumulates for a given input size,
 //! which is how [`crate::MacCount`] is computed from the real module tree.
 
 use candle_core::{Module, Result, Tensor};
@@ -79,7 +79,7 @@ impl Conv {
     }
 }
 
-/// Option-A shortcut (ride.md §1.1): `x[:, :, ::2, ::2]` when `stride` is 2, then
+/// Option-A shortcut (docs/ride.md §1.1): `x[:, :, ::2, ::2]` when `stride` is 2, then
 /// `(out - in) / 2` zero channels on each side.
 ///
 /// Differs from official: with stride 1 and a width change (only possible with explicit
@@ -153,7 +153,7 @@ impl BasicBlock {
     }
 }
 
-/// ImageNet Bottleneck (expansion 4, stride on the 3×3 conv, ride.md §1.2): conv1x1 → BN → ReLU →
+/// ImageNet Bottleneck (expansion 4, stride on the 3×3 conv, docs/ride.md §1.2): conv1x1 → BN → ReLU →
 /// conv3x3(stride, groups) → BN → ReLU → conv1x1 → BN, + downsample (conv1x1 + BN) or identity, ReLU.
 #[derive(Clone, Debug)]
 struct Bottleneck {
@@ -335,7 +335,7 @@ impl Stem {
 /// An expert's classifier: NormedLinear (cosine, ×s) or `nn.Linear`.
 #[derive(Clone, Debug)]
 pub(crate) enum Classifier {
-    /// `s · normalize(x, dim=1) @ normalize(W, dim=0)`, W `[in, out]` (ride.md §1.1).
+    /// `s · normalize(x, dim=1) @ normalize(W, dim=0)`, W `[in, out]` (docs/ride.md §1.1).
     Normed { weight: Tensor, scale: f64 },
     /// `x Wᵀ + b`, W `[out, in]`.
     Linear(candle_nn::Linear),

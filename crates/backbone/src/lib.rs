@@ -2,7 +2,7 @@
 //!
 //! One idea: the network that turns images into per-expert logits and features, built so that
 //! its parameters carry the official PyTorch state-dict names and reproduce the official
-//! forward passes (checked against `shared/fixtures/official`).
+//! forward passes (checked against `fixtures/official`).
 //!
 //! Main types:
 //! - [`BackboneConfig`] (serde, validated by [`BackboneConfig::check`]): architecture

@@ -18,7 +18,7 @@ pub struct BranchOutput {
 }
 
 /// Multiply-accumulates of the conv and linear layers for one image (BN, ReLU, pooling and adds
-/// are not counted, as thop / `FlopCounterMode` conventions in ride.md §4 and candle.md §5.1).
+/// are not counted, as thop / `FlopCounterMode` conventions in docs/ride.md §4 and docs/candle.md §5.1).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MacCount {
     /// Stem and shared stages.
@@ -215,7 +215,7 @@ impl MultiExpert {
 
     /// MACs per image of size `height × width` when running the trunk and `experts`.
     ///
-    /// Plain ResNet-32 (E = 1, 32/64 widths, C = 100) at 32×32 gives 68,868,352 (candle.md §5.1).
+    /// Plain ResNet-32 (E = 1, 32/64 widths, C = 100) at 32×32 gives 68,868,352 (docs/candle.md §5.1).
     pub fn macs(&self, height: usize, width: usize, experts: &[usize]) -> Result<MacCount> {
         self.check_experts(experts)?;
         let (mut trunk, mut h, mut w) = self.stem.macs(height, width);

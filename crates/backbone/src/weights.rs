@@ -12,7 +12,7 @@ use rand_distr::StandardNormal;
 use crate::config::BackboneConfig;
 use crate::error::{BackboneError, Result, ShapeMismatch};
 
-/// Prefix PyTorch `DataParallel` checkpoints put before every key (ride.md §2); stripped on load.
+/// Prefix PyTorch `DataParallel` checkpoints put before every key (docs/ride.md §2); stripped on load.
 pub const DATA_PARALLEL_PREFIX: &str = "module.";
 
 /// What [`load_weights`] did.
@@ -30,7 +30,7 @@ fn is_ignored_buffer(name: &str) -> bool {
 }
 
 /// True for every VarMap entry an optimizer should update: all but BN `running_mean` and
-/// `running_var`, which candle-nn keeps as Vars (candle.md §2, pitfall 1) and which must not get
+/// `running_var`, which candle-nn keeps as Vars (docs/candle.md §2, pitfall 1) and which must not get
 /// weight decay or momentum.
 pub fn is_trainable(name: &str) -> bool {
     !(name.ends_with(".running_mean") || name.ends_with(".running_var"))
@@ -59,7 +59,7 @@ pub fn num_trainable_params(varmap: &VarMap) -> usize {
 /// Copies `tensors` (an official state dict, keys like `backbone.layer1.0.conv1.weight`) into the
 /// VarMap by name, converting dtype and device to each Var's.
 ///
-/// Strict, unlike the official warn-and-continue loader (style.md §10): if any VarMap key is
+/// Strict, unlike the official warn-and-continue loader: if any VarMap key is
 /// missing, any other key is unexpected, or any shape differs, nothing is copied and
 /// [`BackboneError::StateDict`] lists them all. `num_batches_tracked` (int64 scalars) is accepted
 /// and ignored, and a leading `module.` (DataParallel) is stripped.
@@ -161,7 +161,7 @@ fn init_kind(
         ("weight", 1, true) => Some(InitKind::Const(1.0)),
         ("bias", 1, true) => Some(InitKind::Const(0.0)),
         ("weight", 4, false) => {
-            // CIFAR: kaiming_normal_ fan_in (ride.md §1.1); ImageNet: N(0, 2/(k·k·out)) (§1.2).
+            // CIFAR: kaiming_normal_ fan_in (docs/ride.md §1.1); ImageNet: N(0, 2/(k·k·out)) (§1.2).
             let k = dims[2] * dims[3];
             let fan = if cfg.arch.is_cifar() {
                 dims[1] * k
@@ -187,10 +187,10 @@ fn init_kind(
 
 /// Fills every Var of `varmap` from a ChaCha8 generator seeded with `seed` (one stream per
 /// tensor name, so a tensor's values do not depend on which other tensors exist). candle's CPU
-/// RNG cannot be seeded (candle.md §2), hence this.
+/// RNG cannot be seeded (docs/candle.md §2), hence this.
 ///
-/// - convs: Kaiming normal, std √(2/fan_in) for ResNet-32 (ride.md §1.1), √(2/(k²·out)) fan-out
-///   for ResNet-50 / ResNeXt-50 (ride.md §1.2);
+/// - convs: Kaiming normal, std √(2/fan_in) for ResNet-32 (docs/ride.md §1.1), √(2/(k²·out)) fan-out
+///   for ResNet-50 / ResNeXt-50 (docs/ride.md §1.2);
 /// - NormedLinear `[in, out]`: `U(-1, 1)`, then each class column to unit norm;
 /// - `nn.Linear` (when `use_norm` is false): weight Kaiming normal fan-in on CIFAR, `U(±1/√in)`
 ///   on ImageNet; bias `U(±1/√in)` (PyTorch default);

@@ -111,7 +111,7 @@ fn fixture_trainable_counts_match_readme() -> TestResult {
     Ok(())
 }
 
-/// ride.md §2 "Totals" and "Other configurations"; tlc.md §1 (K = 100).
+/// docs/ride.md §2 "Totals" and "Other configurations"; docs/tlc.md §1 (K = 100).
 #[test]
 fn resnet32_parameter_counts_match_spec() -> TestResult {
     let cases = [
@@ -330,7 +330,7 @@ fn trainable_vars_skip_running_stats() -> TestResult {
         .iter()
         .all(|(k, _)| !k.ends_with("running_mean") && !k.ends_with("running_var")));
     assert!(vars.windows(2).all(|w| w[0].0 < w[1].0), "sorted by name");
-    // candle.md §2: 157 Vars of which 95 trainable for ResNet-32 with FC; ours has no FC bias: 94.
+    // docs/candle.md §2: 157 Vars of which 95 trainable for ResNet-32 with FC; ours has no FC bias: 94.
     assert_eq!(varmap.all_vars().len(), 156);
     assert_eq!(vars.len(), 94);
     Ok(())
@@ -509,7 +509,7 @@ fn gradients_reach_every_trainable_var() -> TestResult {
     Ok(())
 }
 
-/// ride.md §4 (ResNet-32 shared 24.04 M, reduced expert 25.44 M, RIDE-3 100.36 M) and candle.md
+/// docs/ride.md §4 (ResNet-32 shared 24.04 M, reduced expert 25.44 M, RIDE-3 100.36 M) and docs/candle.md
 /// §5.1 (plain ResNet-32 with FC 64→100: 68,868,352).
 #[test]
 fn resnet32_mac_counts() -> TestResult {
@@ -525,7 +525,7 @@ fn resnet32_mac_counts() -> TestResult {
     assert_eq!(net.macs(32, 32, &[1])?.total(), 24_035_328 + 25_440_960);
     let (_vm, net) = build(&BackboneConfig::tlc_cifar(3, 10))?;
     let m = net.macs(32, 32, &[0, 1, 2])?;
-    // tlc.md §1: ≈ 68.4 M per expert + 0.44 M stem ≈ 0.206 GMAC.
+    // docs/tlc.md §1: ≈ 68.4 M per expert + 0.44 M stem ≈ 0.206 GMAC.
     assert_eq!(m.trunk, 442_368);
     assert_eq!((m.total() as f64 / 1e6).round(), 206.0);
     Ok(())
@@ -574,7 +574,7 @@ fn imagenet_single_branch_counts_match_torchvision() -> TestResult {
     Ok(())
 }
 
-/// tlc.md §1: ResNet-50, layer1..3 shared, layer4s per expert, NormedLinear(2048, 1000):
+/// docs/tlc.md §1: ResNet-50, layer1..3 shared, layer4s per expert, NormedLinear(2048, 1000):
 /// 8.54 M shared + 17.01 M per expert = 59.58 M with 3 experts; ≈ 3.28 + 0.81 GMAC per expert.
 #[test]
 fn tlc_imagenet_layout_counts() -> TestResult {
@@ -599,7 +599,7 @@ fn tlc_imagenet_layout_counts() -> TestResult {
     Ok(())
 }
 
-/// RIDE / SADE ResNeXt-50 reduced (sade.md §6 shapes): forward on a tiny 64×64 image.
+/// RIDE / SADE ResNeXt-50 reduced (docs/sade.md §6 shapes): forward on a tiny 64×64 image.
 #[test]
 fn ride_resnext50_keys_and_tiny_forward() -> TestResult {
     let cfg = BackboneConfig::ride_imagenet(Arch::Resnext50, 3, 7);

@@ -1,4 +1,4 @@
-//! Test-time label shift: the SADE / LADE test-agnostic protocol (spec sade.md §3).
+//! Test-time label shift: the SADE / LADE test-agnostic protocol (docs/sade.md §3).
 
 use crate::dataset::Dataset;
 use crate::error::{DataError, Result};

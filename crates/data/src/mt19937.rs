@@ -1,9 +1,9 @@
 //! numpy's legacy global random generator (`np.random.seed` / `np.random.shuffle`), bit for bit.
 //!
-//! The LDAM-DRW CIFAR-LT builder (RIDE and SADE `data_loader/imbalance_cifar.py`, spec ride.md §6) calls
+//! The LDAM-DRW CIFAR-LT builder (RIDE and SADE `data_loader/imbalance_cifar.py`, docs/ride.md §6) calls
 //! `np.random.seed(0)` once and then `np.random.shuffle` on each class's index array. Drawing the
 //! same images needs the same MT19937 stream and the same shuffle. Reference vectors:
-//! `shared/fixtures/numpy/legacy_shuffle.json` (numpy 2.4.6).
+//! `fixtures/numpy/legacy_shuffle.json` (numpy 2.4.6).
 
 const N: usize = 624;
 const M: usize = 397;

@@ -16,7 +16,7 @@ pub fn check_imbalance(imbalance: f64) -> Result<()> {
 ///
 /// Evaluated in f64 exactly as LDAM-DRW's `get_img_num_per_cls` (`img_max * (imb_factor **
 /// (cls_idx / (cls_num - 1.0)))`, then `int()`), so CIFAR-10-LT IF 100 gives 5000, 2997, …, 50
-/// (total 12,406) and CIFAR-100-LT 500, 477, …, 5 (total 10,847) (spec ride.md §6). One class
+/// (total 12,406) and CIFAR-100-LT 500, 477, …, 5 (total 10,847) (docs/ride.md §6). One class
 /// keeps `n_max`.
 pub fn exponential_counts(n_max: f64, classes: usize, imbalance: f64) -> Result<Vec<usize>> {
     check_imbalance(imbalance)?;
@@ -57,7 +57,7 @@ pub fn step_counts(n_max: f64, classes: usize, imbalance: f64) -> Result<Vec<usi
 /// `np.random.seed(seed)` once, then for `c = 0..C−1` in label order: take the ascending indices of
 /// class `c`, `np.random.shuffle` them, keep the first `counts[c]` (all if fewer). One RNG stream
 /// runs through every class, and the result is stacked class by class in shuffled order, as in
-/// `IMBALANCECIFAR10.gen_imbalanced_data` (spec ride.md §6). Labels must be `< counts.len()`.
+/// `IMBALANCECIFAR10.gen_imbalanced_data` (docs/ride.md §6). Labels must be `< counts.len()`.
 pub fn ldam_subset(labels: &[u32], counts: &[usize], seed: u32) -> Vec<usize> {
     let mut per_class: Vec<Vec<usize>> = vec![Vec::new(); counts.len()];
     for (i, &l) in labels.iter().enumerate() {

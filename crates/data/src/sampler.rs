@@ -18,7 +18,7 @@ pub enum SamplerKind {
     Shuffled,
     /// The images in their stored order (evaluation).
     Sequential,
-    /// RIDE's class-balanced sampler (spec ride.md, stage 2): pick a class uniformly, take the next
+    /// RIDE's class-balanced sampler (docs/ride.md, stage 2): pick a class uniformly, take the next
     /// image of that class's shuffled bucket, reshuffle a bucket when it runs out.
     /// Differs from official: buckets start fresh every epoch (the official sampler carries its
     /// bucket state across epochs), so the order depends on `(seed, epoch)` alone.

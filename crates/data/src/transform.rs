@@ -20,7 +20,7 @@ pub struct Normalize {
 
 impl Normalize {
     /// The CIFAR statistics RIDE uses for both CIFAR-10-LT and CIFAR-100-LT: mean
-    /// (0.4914, 0.4822, 0.4465), std (0.2023, 0.1994, 0.2010) (spec ride.md §6; these are
+    /// (0.4914, 0.4822, 0.4465), std (0.2023, 0.1994, 0.2010) (docs/ride.md §6; these are
     /// CIFAR-10 figures, kept for CIFAR-100 as the official code does).
     pub fn cifar() -> Normalize {
         Normalize {
@@ -125,7 +125,7 @@ pub enum Resize {
 
 /// Geometric augmentation, applied in this order: [`Resize`], random crop with zero padding,
 /// horizontal flip, rotation. This is RIDE's CIFAR order (`RandomCrop(32, padding=4)` →
-/// `RandomHorizontalFlip()` → `RandomRotation(15)`, spec ride.md §6) and its ImageNet order
+/// `RandomHorizontalFlip()` → `RandomRotation(15)`, docs/ride.md §6) and its ImageNet order
 /// (`RandomResizedCrop(224)` → flip).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Augment {

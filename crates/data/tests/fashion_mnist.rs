@@ -1,5 +1,6 @@
 //! The real Fashion-MNIST from the Debian package `dataset-fashion-mnist` (CI installs it), and the
-//! bundled subset drawn from it.
+//! bundled subset drawn from it. Where the package is absent these tests print how to install it
+//! and pass without checking anything; under CI (`CI` set) its absence is a failure.
 
 use std::path::Path;
 
@@ -7,19 +8,24 @@ use longtail_data::bundled;
 use longtail_data::readers::idx::DEBIAN_FASHION_MNIST_DIR;
 use longtail_data::{load_splits, DataSpec, DatasetName, ShotRule, Stats};
 
-fn debian_dir() -> &'static Path {
+/// The Debian files, or `None` (the test is skipped, saying why) on a machine without them.
+fn debian_dir() -> Option<&'static Path> {
     let dir = Path::new(DEBIAN_FASHION_MNIST_DIR);
-    assert!(
-        dir.join("train-images-idx3-ubyte.gz").is_file(),
+    if dir.join("train-images-idx3-ubyte.gz").is_file() {
+        return Some(dir);
+    }
+    let how = format!(
         "Fashion-MNIST not found in {}: install it with `apt-get install -y dataset-fashion-mnist`",
         dir.display()
     );
-    dir
+    assert!(std::env::var_os("CI").is_none(), "{how} (CI must)");
+    eprintln!("skipped: {how}");
+    None
 }
 
 #[test]
 fn real_fashion_mnist_from_the_debian_package() {
-    let dir = debian_dir();
+    let Some(dir) = debian_dir() else { return };
     let s = load_splits(&DataSpec {
         name: DatasetName::Fmnist,
         data_dir: Some(dir.to_path_buf()),
@@ -43,7 +49,8 @@ fn real_fashion_mnist_from_the_debian_package() {
 
 #[test]
 fn bundled_set_matches_a_rebuild_from_the_debian_files() {
-    let (train, test) = bundled::build_from_dir(debian_dir()).unwrap();
+    let Some(dir) = debian_dir() else { return };
+    let (train, test) = bundled::build_from_dir(dir).unwrap();
     let (etrain, etest) = bundled::load().unwrap();
     assert_eq!(train, etrain);
     assert_eq!(test, etest);

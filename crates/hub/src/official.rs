@@ -67,7 +67,7 @@ impl FromStr for OfficialMethod {
     }
 }
 
-/// Drops a leading `module.` (PyTorch `DataParallel`, sade.md §6) from every key.
+/// Drops a leading `module.` (PyTorch `DataParallel`, docs/sade.md §6) from every key.
 pub fn strip_data_parallel(tensors: HashMap<String, Tensor>) -> HashMap<String, Tensor> {
     tensors
         .into_iter()

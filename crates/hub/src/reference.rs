@@ -159,7 +159,7 @@ impl fmt::Display for CheckpointRef {
 /// `HF_HUB_OFFLINE` and asks for no retries: opening a checkpoint makes one request and, if the
 /// Hub cannot be reached, falls back to the cached copy at once (hf-hub does that for connect and
 /// timeout errors), so a machine without network fails or succeeds in milliseconds rather than
-/// after hf-hub's 5 back-off retries (2–4 s, candle.md §4). hf-hub 1.0 has no offline switch of
+/// after hf-hub's 5 back-off retries (2–4 s, docs/candle.md §4). hf-hub 1.0 has no offline switch of
 /// its own, so `offline` is honoured here.
 pub use longtail_data::readers::hub::{offline_from_env, HubDataOptions as HubOptions};
 

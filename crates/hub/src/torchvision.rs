@@ -26,7 +26,7 @@ pub struct TrunkReport {
 
 /// Our key(s) for one torchvision key under `cfg`: the stem and the shared stages keep their name
 /// under `backbone.`; a per-expert stage `layer{i}` is copied to `layer{i}s.{e}` for every expert
-/// `e`, as SADE initialises Places-LT from a pretrained ResNet-152 (sade.md §1.1, `init_weights`
+/// `e`, as SADE initialises Places-LT from a pretrained ResNet-152 (docs/sade.md §1.1, `init_weights`
 /// in `model/model.py`). `None` for keys that have no place in the trunk.
 pub fn our_keys(cfg: &BackboneConfig, key: &str) -> Option<Vec<String>> {
     let key = key.strip_prefix(DATA_PARALLEL_PREFIX).unwrap_or(key);

@@ -1,6 +1,6 @@
 //! Fast CPU training kernels for candle: conv2d, batch norm (+ReLU) and residual add + ReLU.
 //!
-//! candle 0.11 trains a CIFAR ResNet-32 at 13–15 img/s on a 2-core CPU (shared/notes/candle.md
+//! candle 0.11 trains a CIFAR ResNet-32 at 13–15 img/s on a 2-core CPU (docs/candle.md
 //! §5): its conv input gradient is a direct-loop `conv_transpose2d` and its batch norm is about
 //! ten generic element-wise ops. This crate owns one idea: replacing those hot ops with
 //! `candle_core::CustomOp*` kernels (im2col + the `gemm` crate for conv, fused one-pass batch

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{MetricsError, Shot};
 
-/// Accuracy of one evaluation, as RIDE's `test.py` reports it (ride.md §7).
+/// Accuracy of one evaluation, as RIDE's `test.py` reports it (docs/ride.md §7).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ClassificationReport {
     /// Micro top-1 over all samples (the "All" column of SADE's tables).

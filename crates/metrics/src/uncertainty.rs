@@ -6,7 +6,7 @@
 //! - [`failure_auroc`]: ROC-AUC of confidence separating correct (positive) from wrong predictions,
 //!   ties counted ½ (the Mann–Whitney statistic, equal to `sklearn.metrics.roc_auc_score`).
 //! - [`fpr_at_tpr`] / [`fpr_at_95_tpr`]: FPR where the ROC reaches a TPR, linearly interpolated as
-//!   TLC's `scipy.interpolate.interp1d(tpr, fpr)` (spec tlc.md §4).
+//!   TLC's `scipy.interpolate.interp1d(tpr, fpr)` (docs/tlc.md §4).
 //! - [`ece`], [`ece15`], [`ece10`], [`reliability_bins`]: expected calibration error and the
 //!   reliability diagram.
 //! - [`risk_coverage`]: the risk–coverage curve and its area (AURC, Geifman & El-Yaniv 2017).
@@ -63,7 +63,7 @@ fn single_class(metric: &str, positives: usize, negatives: usize) -> MetricsErro
     ))
 }
 
-/// TLC's confidence from uncertainty: `c = 1 − u / max(u)` (spec tlc.md §4, issue #9).
+/// TLC's confidence from uncertainty: `c = 1 − u / max(u)` (docs/tlc.md §4, issue #9).
 ///
 /// Errors on empty input, non-finite or negative `u`; if every `u` is 0 all confidences are 1.
 pub fn confidence_from_uncertainty(uncertainty: &[f64]) -> Result<Vec<f64>> {
@@ -138,7 +138,7 @@ pub fn failure_auroc(confidence: &[f64], correct: &[bool]) -> Result<f64> {
 /// OOD-detection AUROC: in-distribution scores are the positives, OOD the negatives; with
 /// confidence scores a good detector scores near 1.
 ///
-/// Differs from official TLC (spec §4, pitfall 12): the official code normalises the ID and OOD
+/// Differs from official TLC (docs/tlc.md §4, pitfall 12): the official code normalises the ID and OOD
 /// uncertainties each by its own maximum before comparing; pass scores normalised as you intend
 /// (e.g. both by the ID maximum) instead.
 pub fn ood_auroc(id_scores: &[f64], ood_scores: &[f64]) -> Result<f64> {

@@ -60,11 +60,11 @@ pub enum RideError {
     #[error("{0}")]
     Stage2(String),
     /// A router file cannot be used with this model.
-    #[error("{}: {reason}", .path.display())]
+    #[error("{} {reason}", .path.display())]
     RouterFile {
         /// The file.
         path: std::path::PathBuf,
-        /// What is wrong with it.
+        /// What is wrong with it, as a predicate (`is not a router file`).
         reason: String,
     },
     /// The engine failed (data, checkpoint, evaluation).

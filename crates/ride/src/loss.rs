@@ -1,4 +1,4 @@
-//! The RIDE loss (spec ride.md §3): per-expert LDAM-DRW cross-entropy plus the distribution-aware
+//! The RIDE loss (docs/ride.md §3): per-expert LDAM-DRW cross-entropy plus the distribution-aware
 //! diversity term, and the constants it derives from the training class counts.
 
 use candle_core::{DType, Device, Tensor, D};
@@ -9,7 +9,7 @@ use longtail_losses::{check_range, diversity_temperatures, drw_weights, ldam_mar
 use crate::RideError;
 
 /// Hyper-parameters of [`RideLoss`], named after the official `RIDELoss` arguments
-/// (`model/loss.py` of `frank-xwang/RIDE-LongTailRecognition`; spec ride.md §3).
+/// (`model/loss.py` of `frank-xwang/RIDE-LongTailRecognition`; docs/ride.md §3).
 ///
 /// [`Default`] gives the official constructor defaults, except `reweight_epoch` (see there).
 /// The per-dataset values live in [`crate::presets`].
@@ -34,7 +34,7 @@ pub struct RideLossConfig {
     /// `reweight_epoch`: DRW weights and per-class temperatures are on for 1-based epochs
     /// `> reweight_epoch`. `None` (the default) never switches them on.
     /// Differs from official: there the default `-1` (or `reweight: false`) makes `forward`
-    /// crash with an `AttributeError` (spec ride.md §3 "Crash without reweighting").
+    /// crash with an `AttributeError` (docs/ride.md §3 "Crash without reweighting").
     pub reweight_epoch: Option<usize>,
     /// β of the DRW "effective number" weights `(1 − β)/(1 − β^n)` (fixed to 0.9999 in the
     /// official code).
@@ -123,7 +123,7 @@ fn unit_interval(field: &'static str, value: f64) -> Result<(), RideError> {
     Ok(check_range(field, value, 0.0..=1.0, "in [0, 1]")?)
 }
 
-/// The RIDE training loss (spec ride.md §3), for `E ≥ 1` experts.
+/// The RIDE training loss (docs/ride.md §3), for `E ≥ 1` experts.
 ///
 /// For expert logits `z_e` (already `s·cos`), their mean `z̄`, targets `y`:
 ///

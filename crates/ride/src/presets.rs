@@ -110,7 +110,7 @@ fn sgd(
 }
 
 /// CIFAR-100-LT (IF 100): 200 epochs, batch 128, lr 0.1, wd 5e-4, warm-up 5, steps 160/180
-/// with γ 0.01, λ −0.45, reweight at 160, r 0.05 (spec ride.md §3, §5).
+/// with γ 0.01, λ −0.45, reweight at 160, r 0.05 (docs/ride.md §3, §5).
 fn cifar100_lt() -> RunConfig {
     run(
         "cifar100-lt",
@@ -121,7 +121,7 @@ fn cifar100_lt() -> RunConfig {
     )
 }
 
-/// CIFAR-10-LT (IF 100). The RIDE repo has no CIFAR-10 config (issue #15; spec ride.md pitfall
+/// CIFAR-10-LT (IF 100). The RIDE repo has no CIFAR-10 config (issue #15; docs/ride.md pitfall
 /// 16), so this is the CIFAR-100 recipe unchanged, with 10 classes: it is the exact setting the
 /// official loss fixtures (`ride_loss_c10`) were produced with, so our loss is checked against the
 /// official code in precisely this configuration. SADE's author suggests non-reduced widths and
@@ -135,7 +135,7 @@ fn cifar10_lt() -> RunConfig {
 }
 
 /// ImageNet-LT: ResNeXt-50 (32×4d, reduced), 100 epochs, batch 256, lr 0.1, wd 2e-4, warm-up 5,
-/// steps 60/80 with γ 0.1, λ −0.2, reweight at 80, r 0.02 (spec ride.md §3, §5).
+/// steps 60/80 with γ 0.1, λ −0.2, reweight at 80, r 0.02 (docs/ride.md §3, §5).
 fn imagenet_lt() -> RunConfig {
     run(
         "imagenet-lt",
@@ -147,7 +147,7 @@ fn imagenet_lt() -> RunConfig {
 }
 
 /// iNaturalist 2018: ResNet-50 (reduced), 100 epochs, batch 512, lr 0.2, wd 2e-4, warm-up 5,
-/// steps 60/80 with γ 0.1, λ −0.2, reweight at 80, r 0.015 (spec ride.md §3, §5).
+/// steps 60/80 with γ 0.1, λ −0.2, reweight at 80, r 0.015 (docs/ride.md §3, §5).
 fn inat2018() -> RunConfig {
     run(
         "inat2018",

@@ -1,5 +1,5 @@
 //! RIDE's stage 2: the expert-assignment ("routing") module, which lets a sample stop after the
-//! experts it needs (ride.md §4; `ea_resnet_cifar.py`, `EAResNet.py`, `EAResNeXt.py`).
+//! experts it needs (docs/ride.md §4; `ea_resnet_cifar.py`, `EAResNet.py`, `EAResNeXt.py`).
 //!
 //! There is one yes/no decision per step `i = 0..E−2`: "should this sample also consult expert
 //! `i+1`?". Its input is expert `i`'s pooled features, L2-normalised, through a per-step
@@ -50,7 +50,7 @@ pub struct RouterConfig {
 
 impl RouterConfig {
     /// The official setting for a model: `top_k` 30 for ≤ 100 classes (CIFAR), else 50, capped at
-    /// the class count (ride.md §4 and issue #28); `pos_weight` 100.
+    /// the class count (docs/ride.md §4 and issue #28); `pos_weight` 100.
     pub fn official(num_experts: usize, feature_dim: usize, num_classes: usize) -> Self {
         let k = if num_classes <= 100 { 30 } else { 50 };
         Self {

@@ -211,14 +211,14 @@ pub fn load_router(path: &Path, model: &MultiExpert, device: &Device) -> Result<
         reason,
     };
     if ck.metadata.get("kind").map(String::as_str) != Some("ride-router") {
-        return Err(bad("not a router file (no kind = ride-router)".into()));
+        return Err(bad("is not a router file (no kind = ride-router)".into()));
     }
     let cfg: RouterConfig = serde_json::from_str(
         ck.metadata
             .get("router_config")
-            .ok_or_else(|| bad("router file without its config".into()))?,
+            .ok_or_else(|| bad("has no router config in its metadata".into()))?,
     )
-    .map_err(|e| bad(format!("bad router config: {e}")))?;
+    .map_err(|e| bad(format!("has a bad router config: {e}")))?;
     let (e, c) = (model.config().num_experts, model.config().num_classes);
     if cfg.num_experts != e || cfg.num_classes != c {
         return Err(bad(format!(

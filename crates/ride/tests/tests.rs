@@ -157,7 +157,7 @@ fn constants_match_official_cifar10_json() {
     assert!((loss.mean_class_temperature() - t_mean).abs() < 1e-6);
 }
 
-/// CIFAR-10-LT numbers of spec ride.md §3 "Derived numbers" (4 decimals).
+/// CIFAR-10-LT numbers of docs/ride.md §3 "Derived numbers" (4 decimals).
 #[test]
 fn cifar10_margins_and_temperatures_match_spec() {
     let loss = RideLoss::new(
@@ -181,7 +181,7 @@ fn cifar10_margins_and_temperatures_match_spec() {
 }
 
 /// CIFAR-100-LT IF 100 (n_i = floor(500·0.01^(i/99))): margins 0.1581 … 0.5, DRW weights
-/// 0.0449 … 4.378, T from 1.0 to 0.8067, T̄ = 0.8471 (spec ride.md §3 "Derived numbers").
+/// 0.0449 … 4.378, T from 1.0 to 0.8067, T̄ = 0.8471 (docs/ride.md §3 "Derived numbers").
 #[test]
 fn cifar100_constants_match_hand_computed() {
     let counts: Vec<usize> = (0..100)
@@ -600,7 +600,7 @@ fn ride_loss_in_f64_matches_official_f64_reference() {
     }
 }
 
-// ---------------------------------------------------------------- stage-2 router (ride.md §4)
+// ---------------------------------------------------------------- stage-2 router (docs/ride.md §4)
 
 mod router {
     use candle_core::{DType, Device, Tensor};
@@ -681,7 +681,7 @@ mod router {
                 ),
             ]
         );
-        // ride.md §3: the EA head adds 1,615 parameters for E = 3.
+        // docs/ride.md §2: the EA head adds 1,615 parameters for E = 3.
         let params: usize = shapes
             .iter()
             .map(|(_, s)| s.iter().product::<usize>())

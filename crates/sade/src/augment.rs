@@ -1,5 +1,5 @@
 //! SADE's strong augmentation: the two random views of each unlabeled test image that the
-//! test-time aggregation makes agree (spec sade.md §2 step 4; `TwoCropsTransform(strong_aug)` of
+//! test-time aggregation makes agree (docs/sade.md §2 step 4; `TwoCropsTransform(strong_aug)` of
 //! the official `test_training_*.py`, the MoCo-v2 / SimCLR recipe).
 //!
 //! The pipeline, in the official order, on u8 HWC pixels (1 or 3 channels):
@@ -65,7 +65,7 @@ pub struct ColorJitter {
     pub hue: f64,
 }
 
-/// SADE's strong augmentation (spec sade.md §2 step 4). Build with [`StrongAugment::cifar`] or
+/// SADE's strong augmentation (docs/sade.md §2 step 4). Build with [`StrongAugment::cifar`] or
 /// [`StrongAugment::imagenet`]; every field can be changed.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StrongAugment {

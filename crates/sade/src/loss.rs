@@ -1,4 +1,4 @@
-//! The SADE skill-diverse expert loss (spec sade.md §1.2): `DiverseExpertLoss` of
+//! The SADE skill-diverse expert loss (docs/sade.md §1.2): `DiverseExpertLoss` of
 //! `Vanint/SADE-AgnosticLT` `model/loss.py`.
 
 use candle_core::{DType, Device, Tensor, D};
@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::SadeError;
 
-/// The `1e-9` the official code adds inside every `log` of a prior (spec sade.md pitfall 3).
+/// The `1e-9` the official code adds inside every `log` of a prior (docs/sade.md pitfall 3).
 pub const PRIOR_EPS: f64 = 1e-9;
 
 /// Hyper-parameters of [`SadeLoss`] as they appear in a recipe.
@@ -58,7 +58,7 @@ fn prior(class_counts: &[usize]) -> Result<Vec<f64>, SadeError> {
 }
 
 /// The inverted prior π̄ of SADE's backward expert: the class prior mirrored **by rank**
-/// (spec sade.md §1.2), not `1/π`. Rank the classes from most to least frequent; the class at
+/// (docs/sade.md §1.2), not `1/π`. Rank the classes from most to least frequent; the class at
 /// rank `k` receives the prior of the class at rank `C − 1 − k`, so the most frequent class gets
 /// the smallest prior and the rarest class the largest. π̄ is a permutation of π.
 ///
@@ -82,7 +82,7 @@ pub fn inverse_prior(class_counts: &[usize]) -> Result<Vec<f64>, SadeError> {
     Ok(mirrored)
 }
 
-/// The SADE training loss for the three skill-diverse experts (spec sade.md §1.2):
+/// The SADE training loss for the three skill-diverse experts (docs/sade.md §1.2):
 ///
 /// `L = CE(v₁, y) + CE(v₂ + log(π + ε), y) + CE(v₃ + log(π + ε) − τ·log(π̄ + ε), y)`
 ///

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{SadeLossConfig, SadeSettings};
 
-/// Test-time self-supervised aggregation (spec sade.md §2): the expert weights
+/// Test-time self-supervised aggregation (docs/sade.md §2): the expert weights
 /// `w = softmax(ω)`, `ω ∈ R³` starting at 1/3, are learned on the unlabeled test set by
 /// maximising the cosine similarity of the aggregated softmax of two augmented views, with
 /// SGD (Nesterov, weight decay on ω).
@@ -156,7 +156,7 @@ fn steps(warmup: usize, milestones: [usize; 2], gamma: f64) -> LrSchedule {
 }
 
 /// Test-time aggregation: Nesterov SGD momentum 0.9, 5 epochs, batch 128, early stop below
-/// 0.05 (spec sade.md §2 steps 6–7).
+/// 0.05 (docs/sade.md §2 steps 6–7).
 fn test_time(
     lr: f64,
     weight_decay: f64,
@@ -177,7 +177,7 @@ fn test_time(
 }
 
 /// CIFAR-100-LT: ResNet-32 (reduced), 200 epochs, batch 128, lr 0.1, wd 5e-4, warm-up 5,
-/// ×0.1 at 160 and ×0.01 at 180, τ 2; test time lr 0.1, wd 5e-4, blur p 0.2 (spec sade.md §2, §4).
+/// ×0.1 at 160 and ×0.01 at 180, τ 2; test time lr 0.1, wd 5e-4, blur p 0.2 (docs/sade.md §2, §4).
 fn cifar100_lt(imbalance_ratio: f64) -> RunConfig {
     run(
         "cifar100-lt",

@@ -1,7 +1,7 @@
 //! Early exit at inference: stop calling experts for a sample once its fused uncertainty is low.
 //!
 //! The paper motivates dynamic engagement with compute saving at test time; the official code
-//! (spec tlc.md §3.3) always runs every expert, and its only rule is batch-relative
+//! (docs/tlc.md §3.3) always runs every expert, and its only rule is batch-relative
 //! (`w_k / max_batch w_k > τ`). Here the rule is an **absolute** threshold on the fused
 //! uncertainty `w_{k+1}` of experts `0..=k` (Eq. 7), so whether a sample exits depends on that
 //! sample alone: after expert `k`, a sample with `w_{k+1} < threshold` calls no further expert.

@@ -1,4 +1,4 @@
-//! Subjective-logic opinions from expert logits (TLC spec §2.1).
+//! Subjective-logic opinions from expert logits (docs/tlc.md §2.1).
 //!
 //! For expert `k` with logits `z_k` over `K` classes: evidence `e = exp(z)`, Dirichlet parameters
 //! `α = e + 1`, strength `S = Σ_c α_c = K + Σ_c e_c`, belief `b = e / S` and uncertainty `u = K / S`,

@@ -1,4 +1,4 @@
-//! Uncertainty fusion across experts and the combined prediction (TLC spec §3.1, §3.2).
+//! Uncertainty fusion across experts and the combined prediction (docs/tlc.md §3.1, §3.2).
 
 use candle_core::{DType, Tensor, D};
 use serde::{Deserialize, Serialize};
@@ -10,7 +10,7 @@ use crate::evidence::{logits_dims, opinions, FUSION_DTYPE};
 ///
 /// `w₀ = 1`, `w_{k+1} = w_k · u_k / (1 − C_k)`, with the conflict between the single-expert
 /// beliefs of experts `k − 1` and `k`, `C_k = Σ_{i≠j} b_{k−1,i} b_{k,j}` and `C₀ = 0`, as in
-/// `lblaoke/TLC` `model/ResnetCifar.py` (spec tlc.md §3.1 and pitfall 6: the conflict uses the
+/// `lblaoke/TLC` `model/ResnetCifar.py` (docs/tlc.md §3.1 and pitfall 6: the conflict uses the
 /// previous expert's raw belief, not a fused one). `w_E` is the model's reported uncertainty.
 ///
 /// `logits` `[B, E, C]` → `w` `[E + 1, B]`, **always `f64`**, detached.
@@ -47,7 +47,7 @@ pub fn fused_uncertainty(logits: &Tensor) -> Result<Tensor> {
     Ok(Tensor::stack(&rows, 0)?)
 }
 
-/// How the expert logits are combined into one prediction (TLC spec §3.2, paper Eq. 8).
+/// How the expert logits are combined into one prediction (docs/tlc.md §3.2, paper Eq. 8).
 ///
 /// In both modes expert `k` is weighted by `exp(w_k / η)`, where `w_k` is the fused uncertainty of
 /// the experts *before* it: a later expert counts more where the earlier ones are unsure. The

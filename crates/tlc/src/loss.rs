@@ -1,4 +1,4 @@
-//! The TLC training loss (TLC spec §2.2 and §3.3).
+//! The TLC training loss (docs/tlc.md §2.2 and §3.3).
 
 use candle_core::{DType, Tensor, D};
 use serde::{Deserialize, Serialize};
@@ -8,7 +8,7 @@ use crate::evidence::logits_dims;
 use crate::fusion::{fuse, Combination, Fusion};
 use crate::special::{digamma, lgamma};
 
-/// How each expert's per-sample losses are reduced, i.e. dynamic expert engagement (spec §3.3).
+/// How each expert's per-sample losses are reduced, i.e. dynamic expert engagement (docs/tlc.md §3.3).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Engagement {
@@ -159,7 +159,7 @@ pub struct TlcLossOutput {
 }
 
 /// TLC's per-expert evidential loss with dynamic engagement (`lblaoke/TLC` `model/loss.py`
-/// `TLCLoss`, HEAD `204f50b`; spec tlc.md §2.2, §3.3).
+/// `TLCLoss`, HEAD `204f50b`; docs/tlc.md §2.2, §3.3).
 ///
 /// For expert `k`, sample with label `y`, logits `z` (already ×30):
 /// `l = −ω_y log softmax(z − 30·m ⊙ onehot_y)_y` (LDAM-margin CE, DRW weights `ω` after

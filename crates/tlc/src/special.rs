@@ -1,6 +1,6 @@
 //! `lnΓ` and `ψ` (digamma) on candle tensors, built from differentiable primitives.
 //!
-//! candle 0.11 has neither (shared notes `candle.md` §2). Both use the recurrence to shift the
+//! candle 0.11 has neither (shared notes `docs/candle.md` §2). Both use the recurrence to shift the
 //! argument by 6, then the asymptotic (Stirling) series in `1/z`, `z = x + 6 ≥ 6`, whose first
 //! omitted term is below `1e-10` there. Valid for `x > 0`, which covers every Dirichlet parameter
 //! `α ≥ 1` of the evidential loss. Because they are compositions of `log`, `recip`, `mul` and

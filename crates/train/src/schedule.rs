@@ -8,7 +8,7 @@ use crate::TrainError;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum LrSchedule {
-    /// The official `CustomLR` (RIDE/SADE/TLC `utils/util.py` and `train.py`, ride.md §5): with the
+    /// The official `CustomLR` (RIDE/SADE/TLC `utils/util.py` and `train.py`, docs/ride.md §5): with the
     /// 0-based epoch index `i`, the factor is 1 for `i < step1`, γ for `step1 <= i < step2`,
     /// γ² from `step2`; during warm-up (`i < warmup`) it is also multiplied by `(i + 1) / warmup`.
     Steps {
@@ -22,7 +22,7 @@ pub enum LrSchedule {
         gamma: f64,
     },
     /// Piecewise-constant factors from given 1-based epochs on, after a linear warm-up of
-    /// `epoch / warmup` (TLC `main.py`'s `adjust_learning_rate`, tlc.md §5).
+    /// `epoch / warmup` (TLC `main.py`'s `adjust_learning_rate`, docs/tlc.md §5).
     Piecewise {
         /// Warm-up epochs.
         warmup: usize,
@@ -128,7 +128,7 @@ impl LrSchedule {
 mod tests {
     use super::*;
 
-    /// ride.md §5: CIFAR RIDE gives 0.02, 0.04, 0.06, 0.08, 0.1 for epochs 1–5, 0.1 until 160,
+    /// docs/ride.md §5: CIFAR RIDE gives 0.02, 0.04, 0.06, 0.08, 0.1 for epochs 1–5, 0.1 until 160,
     /// 0.001 for 161–180 and 1e-5 for 181–200.
     #[test]
     fn custom_lr_matches_the_official_cifar_sequence() {

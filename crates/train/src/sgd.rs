@@ -1,7 +1,7 @@
 //! SGD with momentum, Nesterov and coupled weight decay, with PyTorch's semantics.
 //!
 //! candle-nn's `SGD` has no momentum, and candle-optimisers is pinned to candle 0.10
-//! (`shared/notes/candle.md` §2), so the few lines are written here.
+//! (`docs/candle.md` §2), so the few lines are written here.
 
 use std::collections::BTreeMap;
 
