@@ -32,10 +32,10 @@ use candle_nn::{VarBuilder, VarMap};
 use clap::Parser;
 use longtail::backbone::{load_weights_file, trainable_vars, BackboneConfig, MultiExpert};
 use longtail::registry::{self, preset};
-use longtail::train::device::{describe, device};
 use longtail::ride::RideLoss;
 use longtail::sade::{SadeLoss, SadeLossConfig};
 use longtail::tlc::{TlcLoss, TlcLossConfig};
+use longtail::train::device::{describe, device};
 use longtail::train::{Sgd, SgdConfig};
 
 #[derive(Parser, Debug)]

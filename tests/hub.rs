@@ -289,7 +289,12 @@ fn imported_official_models_reproduce_the_official_logits() {
                 .unwrap();
         // Through our checkpoint folder, and directly from the official file.
         for source in [p.join(stem), file.clone()] {
-            let loaded = longtail::hub::load_checkpoint(&source, &longtail::registry::Registry, &Device::Cpu).unwrap();
+            let loaded = longtail::hub::load_checkpoint(
+                &source,
+                &longtail::registry::Registry,
+                &Device::Cpu,
+            )
+            .unwrap();
             assert_eq!(loaded.config.method.name, from);
             assert_eq!(loaded.config.data.dataset, "cifar10-lt");
             assert_eq!(loaded.config.model.num_experts, experts);

@@ -320,12 +320,7 @@ fn eval_uncertainty_scores_a_softmax_method_and_refuses_bad_ood_sets() {
 }
 
 /// Row `row` of `predict` for a batch of images.
-fn predict_row(
-    model: &MultiExpert,
-    obj: &dyn Method,
-    images: &[&Tensor],
-    row: usize,
-) -> Vec<f32> {
+fn predict_row(model: &MultiExpert, obj: &dyn Method, images: &[&Tensor], row: usize) -> Vec<f32> {
     let batch = Tensor::stack(images, 0).unwrap();
     let out = model.forward_t(&batch, false).unwrap();
     obj.predict(&out)
@@ -349,8 +344,7 @@ fn the_per_sample_combination_predicts_a_sample_the_same_in_any_batch() {
     ));
     let (_vars, model) = MultiExpert::seeded(&cfg.model, 3, &dev).unwrap();
     let counts = [100, 60, 36, 21, 13, 8, 5, 3, 2, 1];
-    let per_sample =
-        TlcMethod(TlcLoss::new(settings.loss.clone(), &counts).unwrap());
+    let per_sample = TlcMethod(TlcLoss::new(settings.loss.clone(), &counts).unwrap());
     let mut official_cfg = settings.loss.clone();
     official_cfg.combination = Combination::Official {
         eta: settings.loss.combination.eta(),

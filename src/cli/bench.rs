@@ -1,9 +1,9 @@
 //! `longtail bench train`: training-step throughput on this CPU, our kernels vs candle's stock
 //! ops, with GFLOP/s, the fraction of the machine's measured GEMM peak and peak memory.
 
+use super::measure::{measure, models, Measurement, Settings};
 use anyhow::bail;
 use longtail::backbone::Kernels;
-use super::measure::{measure, models, Measurement, Settings};
 
 /// What to benchmark.
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]

@@ -122,9 +122,7 @@ pub fn run(args: Args) -> Result<()> {
     };
     println!(
         "{} on {} ({} test images)",
-        cfg.method.name,
-        ctx.dataset,
-        r.samples
+        cfg.method.name, ctx.dataset, r.samples
     );
     println!(
         "{:<24} {:>8} {:>8} {:>8} {:>8}",

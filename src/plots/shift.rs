@@ -1,10 +1,10 @@
 //! The label-shift figure: accuracy (plain vs aggregated) and the learned expert weights across the
 //! test distributions, as one PNG.
 
-use std::path::Path;
 use anyhow::{anyhow, Result};
 use longtail_sade::shift::ShiftResult;
 use plotters::prelude::*;
+use std::path::Path;
 
 use super::register_font;
 

@@ -2,8 +2,8 @@
 
 use candle_core::{Device, Tensor};
 use longtail_aggregate::{
-    stability_loss, AggregatorConfig, TestTimeSgd, StreamingAggregator, StreamingConfig,
-    TestTimeAggregator,
+    stability_loss, AggregatorConfig, StreamingAggregator, StreamingConfig, TestTimeAggregator,
+    TestTimeSgd,
 };
 
 use crate::common::{agreeing_views, argmax, f32, Gen};

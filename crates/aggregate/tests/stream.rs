@@ -1,7 +1,7 @@
 //! The streaming aggregator across batches and distribution shifts.
 
 use candle_core::Tensor;
-use longtail_aggregate::{weighted_logits, TestTimeSgd, StreamingAggregator, StreamingConfig};
+use longtail_aggregate::{weighted_logits, StreamingAggregator, StreamingConfig, TestTimeSgd};
 
 use crate::common::{agreeing_views, argmax, f32, Gen};
 

@@ -51,7 +51,9 @@ pub use longtail_metrics::{shot_groups, Shot, ShotRule};
 pub use mt19937::Mt19937;
 pub use sampler::{epoch_order, SamplerKind};
 pub use stats::{gini, Stats};
-pub use transform::{sample_seed, Augment, AugmentKind, Normalize, Resize, TrainTransform, Transform};
+pub use transform::{
+    sample_seed, Augment, AugmentKind, Normalize, Resize, TrainTransform, Transform,
+};
 
 impl Splits {
     /// The normalisation that fits this training set's channel count: Fashion-MNIST statistics

@@ -114,7 +114,12 @@ pub fn import_official(
     };
     let mut config = presets
         .preset(&format!("{method}.{dataset}"))
-        .map_err(|e| not_a_run(path, format!("no {method} preset for the data set {dataset}: {e}")))?;
+        .map_err(|e| {
+            not_a_run(
+                path,
+                format!("no {method} preset for the data set {dataset}: {e}"),
+            )
+        })?;
     if config.model.num_classes != classes {
         return Err(not_a_run(
             path,

@@ -168,7 +168,10 @@ mod tests {
     fn drw_weights_by_hand() {
         // β = 0.5, counts 1 and 2: raw 1 and 0.5/0.75 = 2/3, normalised to sum 2.
         let w = drw_weights(&[1, 2], 0.5).unwrap();
-        assert!((w[0] - 1.2).abs() < 1e-12 && (w[1] - 0.8).abs() < 1e-12, "{w:?}");
+        assert!(
+            (w[0] - 1.2).abs() < 1e-12 && (w[1] - 0.8).abs() < 1e-12,
+            "{w:?}"
+        );
         assert_eq!(drw_weights(&[3, 3], 0.0).unwrap(), vec![1.0, 1.0]);
     }
 
@@ -176,7 +179,10 @@ mod tests {
     fn temperatures_by_hand() {
         // C = 2, p = (0.75, 0.25), r = 0.5: t = (1.25, 0.75) → (1, 0.6) · T_base 2.
         let t = diversity_temperatures(&[3, 1], 2.0, 0.5).unwrap();
-        assert!((t[0] - 2.0).abs() < 1e-12 && (t[1] - 1.2).abs() < 1e-12, "{t:?}");
+        assert!(
+            (t[0] - 2.0).abs() < 1e-12 && (t[1] - 1.2).abs() < 1e-12,
+            "{t:?}"
+        );
     }
 
     #[test]
@@ -188,13 +194,19 @@ mod tests {
         );
         assert!(matches!(
             drw_weights(&[3], 1.0),
-            Err(LossError::OutOfRange { field: "drw_beta", .. })
+            Err(LossError::OutOfRange {
+                field: "drw_beta",
+                ..
+            })
         ));
         assert!(matches!(
             ldam_margins(&[3], f64::NAN),
             Err(LossError::NonFinite { .. })
         ));
-        assert_eq!(class_prior(&[0, 0]), Err(LossError::EmptyClass { class: 0 }));
+        assert_eq!(
+            class_prior(&[0, 0]),
+            Err(LossError::EmptyClass { class: 0 })
+        );
         assert_eq!(class_prior(&[1, 3]).unwrap(), vec![0.25, 0.75]);
     }
 }

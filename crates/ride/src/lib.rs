@@ -45,7 +45,7 @@ mod router;
 pub mod stage2;
 
 pub use error::RideError;
+pub use longtail_losses::{diversity_temperatures, drw_weights, ldam_margins};
 pub use loss::{ldam_ce, RideLoss, RideLossConfig};
 pub use method::{Ride, RideMethod};
-pub use longtail_losses::{diversity_temperatures, drw_weights, ldam_margins};
 pub use router::{ExpertRouter, Routed, RouterConfig, ROUTER_HIDDEN};

@@ -193,8 +193,7 @@ pub fn save_router(
         ("kind".to_string(), "ride-router".to_string()),
         (
             "router_config".to_string(),
-            serde_json::to_string(router.config())
-                .map_err(|e| RideError::Stage2(e.to_string()))?,
+            serde_json::to_string(router.config()).map_err(|e| RideError::Stage2(e.to_string()))?,
         ),
     ]
     .into_iter()
@@ -293,10 +292,7 @@ pub fn evaluate_routed(
                     .contiguous()?
                     .index_select(&idx, 0)
             };
-            Ok((
-                pick(&out.expert_logits)?,
-                pick(&out.features)?,
-            ))
+            Ok((pick(&out.expert_logits)?, pick(&out.features)?))
         })?;
         all_logits.extend(
             out.logits

@@ -2,13 +2,13 @@
 //! constants, expert-count variants, errors and presets.
 
 use candle_core::{DType, Device, Tensor, Var};
-use longtail_fixtures::{json as read_json, load as load_fixture};
 use longtail_backbone::{Arch, Blocks};
 use longtail_data::AugmentKind;
+use longtail_fixtures::{json as read_json, load as load_fixture};
 use longtail_ride::presets::PRESETS;
 use longtail_ride::Ride;
-use longtail_train::{LrSchedule, MethodKind, RunConfig};
 use longtail_ride::{ldam_ce, RideError, RideLoss, RideLossConfig};
+use longtail_train::{LrSchedule, MethodKind, RunConfig};
 
 fn json_f64s(v: &serde_json::Value) -> Vec<f64> {
     v.as_array()
@@ -449,7 +449,8 @@ fn presets_are_complete_and_valid() {
         assert!(p.name.starts_with("ride."), "{}", p.name);
         let r = p.config();
         Ride.check(&r).unwrap_or_else(|e| panic!("{}: {e}", p.name));
-        r.check_common().unwrap_or_else(|e| panic!("{}: {e}", p.name));
+        r.check_common()
+            .unwrap_or_else(|e| panic!("{}: {e}", p.name));
         assert!(r.optim.epochs > 0 && r.optim.batch_size > 0 && r.optim.lr > 0.0);
         assert!(r.model.num_experts >= 2 && r.model.num_classes >= 2);
         let (_, milestones, _) = steps_of(&r);
@@ -503,7 +504,10 @@ fn presets_hold_official_values() {
     assert_eq!(steps_of(&c), (5, [160, 180], 0.01));
     assert_eq!(loss_of(&c), cifar_config());
     assert_eq!(c.model.num_classes, 100);
-    assert_eq!((c.data.dataset.as_str(), c.data.imbalance), ("cifar100-lt", 100.0));
+    assert_eq!(
+        (c.data.dataset.as_str(), c.data.imbalance),
+        ("cifar100-lt", 100.0)
+    );
 
     let i = preset("ride.imagenet-lt");
     assert_eq!(i.model.arch, Arch::Resnext50);
@@ -547,10 +551,7 @@ fn presets_hold_official_values() {
         (f.model.blocks_per_stage.clone(), f.model.in_channels),
         (Some(Blocks::Uniform(1)), 1)
     );
-    assert_eq!(
-        (f.optim.epochs, loss_of(&f).reweight_epoch),
-        (48, Some(32))
-    );
+    assert_eq!((f.optim.epochs, loss_of(&f).reweight_epoch), (48, Some(32)));
     assert_eq!(steps_of(&f), (2, [32, 40], 0.1));
 }
 

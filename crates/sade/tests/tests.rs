@@ -4,13 +4,13 @@
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor, Var};
-use longtail_fixtures::{json as read_json, load as load_fixture};
 use longtail_backbone::{Arch, Blocks};
 use longtail_data::AugmentKind;
+use longtail_fixtures::{json as read_json, load as load_fixture};
 use longtail_sade::presets::{PLACES_BACKBONE_LR, PLACES_PRETRAINED, PRESETS};
+use longtail_sade::{inverse_prior, SadeError, SadeLoss, SadeLossConfig};
 use longtail_sade::{Sade, SadeSettings};
 use longtail_train::{LrSchedule, MethodKind, RunConfig};
-use longtail_sade::{inverse_prior, SadeError, SadeLoss, SadeLossConfig};
 
 fn json_f64s(v: &serde_json::Value) -> Vec<f64> {
     v.as_array()
@@ -36,7 +36,12 @@ fn fixture_counts(fx: &HashMap<String, Tensor>) -> Vec<usize> {
 #[test]
 fn sade_loss_matches_official_values_and_gradients() {
     let fx = load_fixture("sade_loss_c10.safetensors");
-    let loss = SadeLoss::new(&SadeLossConfig { tau: 2.0 }, &fixture_counts(&fx), &Device::Cpu).unwrap();
+    let loss = SadeLoss::new(
+        &SadeLossConfig { tau: 2.0 },
+        &fixture_counts(&fx),
+        &Device::Cpu,
+    )
+    .unwrap();
     let logits = Var::from_tensor(
         &fx["expert_logits"]
             .transpose(0, 1)
@@ -261,7 +266,8 @@ fn presets_are_complete_and_valid() {
         assert!(p.name.starts_with("sade."), "{}", p.name);
         let r = p.config();
         Sade.check(&r).unwrap_or_else(|e| panic!("{}: {e}", p.name));
-        r.check_common().unwrap_or_else(|e| panic!("{}: {e}", p.name));
+        r.check_common()
+            .unwrap_or_else(|e| panic!("{}: {e}", p.name));
         assert_eq!(r.model.num_experts, 3, "{}", p.name);
         assert!(r.optim.epochs > 0 && r.optim.batch_size > 0 && r.optim.lr > 0.0);
         if let LrSchedule::Steps { step1, step2, .. } = r.optim.schedule {
@@ -379,7 +385,12 @@ fn presets_hold_official_values() {
     );
     let n = preset("sade.inat2018");
     assert_eq!(
-        (n.model.arch, n.model.num_classes, n.optim.batch_size, n.optim.lr),
+        (
+            n.model.arch,
+            n.model.num_classes,
+            n.optim.batch_size,
+            n.optim.lr
+        ),
         (Arch::Resnet50, 8142, 512, 0.2)
     );
     assert_eq!(n.optim.schedule, steps(5, [60, 80], 0.1));
@@ -414,7 +425,11 @@ fn presets_hold_official_values() {
     );
     let ten = preset("sade.cifar10-lt");
     assert_eq!(
-        (ten.model.reduce_dimension, ten.optim.lr, ten.model.num_classes),
+        (
+            ten.model.reduce_dimension,
+            ten.optim.lr,
+            ten.model.num_classes
+        ),
         (false, 0.05, 10)
     );
     let f = preset("sade.fmnist-lt");
@@ -434,7 +449,12 @@ fn presets_hold_official_values() {
 #[test]
 fn sade_loss_in_f64_matches_official_f64_reference() {
     let fx = load_fixture("sade_loss_c10.safetensors");
-    let loss = SadeLoss::new(&SadeLossConfig { tau: 2.0 }, &fixture_counts(&fx), &Device::Cpu).unwrap();
+    let loss = SadeLoss::new(
+        &SadeLossConfig { tau: 2.0 },
+        &fixture_counts(&fx),
+        &Device::Cpu,
+    )
+    .unwrap();
     let z = fx["expert_logits"].to_dtype(DType::F64).unwrap();
     let logits = Var::from_tensor(&z.transpose(0, 1).unwrap().contiguous().unwrap()).unwrap();
     let value = loss.forward(logits.as_tensor(), &fx["targets"]).unwrap();

@@ -70,7 +70,12 @@ fn cifar10() -> RunConfig {
     )
 }
 
-fn run(data: DataConfig, model: BackboneConfig, optim: OptimConfig, loss: TlcLossConfig) -> RunConfig {
+fn run(
+    data: DataConfig,
+    model: BackboneConfig,
+    optim: OptimConfig,
+    loss: TlcLossConfig,
+) -> RunConfig {
     let settings = TlcSettings {
         loss,
         early_exit: None,

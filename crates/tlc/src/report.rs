@@ -270,8 +270,7 @@ pub fn score_report(
         )));
     }
     let all: Vec<usize> = (0..confidence.len()).collect();
-    let overall =
-        metrics_on(confidence, correct, ood, &all)
+    let overall = metrics_on(confidence, correct, ood, &all)
         .map_err(|e| report_error(format!("score `{score}`: {e}")))?;
     let group = |shot: Shot| -> Result<Option<ScoreMetrics>> {
         let idx: Vec<usize> = all.iter().copied().filter(|&i| groups[i] == shot).collect();
@@ -389,7 +388,9 @@ pub fn combined_predictions(
     batch: usize,
 ) -> Result<Vec<u32>> {
     if batch == 0 {
-        return Err(report_error(format!("the combination batch size must be at least 1")));
+        return Err(report_error(format!(
+            "the combination batch size must be at least 1"
+        )));
     }
     let all = expert_tensor(expert_logits, n, e, c)?;
     let mut out = Vec::with_capacity(n);
@@ -470,10 +471,14 @@ pub fn early_exit_curve(
     device: &Device,
 ) -> Result<EarlyExitCurve> {
     if thresholds.is_empty() {
-        return Err(report_error(format!("early exit needs at least one threshold")));
+        return Err(report_error(format!(
+            "early exit needs at least one threshold"
+        )));
     }
     if let Some(t) = thresholds.iter().find(|t| !(t.is_finite() && **t >= 0.0)) {
-        return Err(report_error(format!("early-exit threshold {t} must be finite and >= 0")));
+        return Err(report_error(format!(
+            "early-exit threshold {t} must be finite and >= 0"
+        )));
     }
     let mut thresholds = thresholds.to_vec();
     thresholds.sort_by(f64::total_cmp);

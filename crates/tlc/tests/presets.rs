@@ -3,8 +3,8 @@
 use std::collections::HashSet;
 
 use longtail_backbone::Blocks;
-use longtail_train::{MethodKind, RunConfig};
 use longtail_tlc::{Tlc, TlcLoss, TlcSettings, PRESETS};
+use longtail_train::{MethodKind, RunConfig};
 
 fn preset(name: &str) -> RunConfig {
     PRESETS

@@ -182,8 +182,9 @@ fn default_eval_batch() -> usize {
 impl RunConfig {
     /// Parses a TOML config file.
     pub fn from_toml(text: &str) -> Result<Self, TrainError> {
-        toml::from_str(text)
-            .map_err(|e| TrainError::Config(format!("invalid config file: {}", e.to_string().trim())))
+        toml::from_str(text).map_err(|e| {
+            TrainError::Config(format!("invalid config file: {}", e.to_string().trim()))
+        })
     }
 
     /// The config as TOML (what `config.toml` in a run directory holds).

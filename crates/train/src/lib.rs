@@ -30,6 +30,6 @@ pub use run::{load_data, load_run, metadata, train_run, transforms, LoadedRun, R
 pub use schedule::LrSchedule;
 pub use sgd::{Sgd, SgdConfig};
 pub use trainer::{
-    fit, train_epoch, EpochRecord, EpochStats, FitSummary, Progress, RunOptions, Step,
-    TrainConfig, TrainData,
+    fit, train_epoch, EpochRecord, EpochStats, FitSummary, Progress, RunOptions, Step, TrainConfig,
+    TrainData,
 };

@@ -8,9 +8,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
 use longtail_backbone::MultiExpert;
-use longtail_data::{
-    load_splits, shot_groups, DataSpec, DatasetName, ShotRule, Splits, Transform,
-};
+use longtail_data::{load_splits, shot_groups, DataSpec, DatasetName, ShotRule, Splits, Transform};
 
 use crate::checkpoint;
 use crate::trainer::{fit, FitSummary, Progress, RunOptions, TrainData, LAST};
@@ -49,7 +47,10 @@ pub fn metadata(cfg: &RunConfig, splits: &Splits) -> Result<BTreeMap<String, Str
             "class_counts".to_string(),
             to_json(&splits.train.class_counts())?,
         ),
-        ("class_names".to_string(), to_json(&splits.train.class_names)?),
+        (
+            "class_names".to_string(),
+            to_json(&splits.train.class_names)?,
+        ),
     ]))
 }
 
@@ -175,7 +176,10 @@ pub fn load_run(path: &Path, device: &Device) -> Result<LoadedRun, TrainError> {
     })?;
     let class_counts: Vec<usize> = match ck.metadata.get("class_counts") {
         Some(c) => serde_json::from_str(c).map_err(|e| {
-            TrainError::Checkpoint(format!("{}: bad class_counts metadata: {e}", path.display()))
+            TrainError::Checkpoint(format!(
+                "{}: bad class_counts metadata: {e}",
+                path.display()
+            ))
         })?,
         None => {
             return Err(TrainError::Checkpoint(format!(

@@ -371,7 +371,10 @@ pub fn train_epoch(
     let start = Instant::now();
     for (index, batch) in batcher.enumerate() {
         let batch = batch?;
-        let Step { loss, correct: hits } = step(&batch)?;
+        let Step {
+            loss,
+            correct: hits,
+        } = step(&batch)?;
         let value = loss.to_scalar::<f32>()?;
         if !value.is_finite() {
             return Err(TrainError::NonFiniteLoss {
