@@ -481,8 +481,11 @@ impl Prepared {
     }
 }
 
-/// torchvision `RandomResizedCrop.get_params`: `(top, left, height, width)` of the crop.
-fn random_resized_params(
+/// torchvision `RandomResizedCrop.get_params`: `(top, left, height, width)` of the crop: up to
+/// ten draws of an area fraction in `scale` and a log-uniform aspect ratio in `ratio`, then the
+/// centre crop of the ratio-clamped whole image (at least one pixel a side). Shared with SADE's
+/// strong augmentation.
+pub fn random_resized_params(
     h: usize,
     w: usize,
     scale: (f64, f64),
@@ -510,17 +513,13 @@ fn random_resized_params(
     } else {
         (h, w)
     };
-    (
-        (h - ch.min(h)) / 2,
-        (w - cw.min(w)) / 2,
-        ch.min(h),
-        cw.min(w),
-    )
+    let (ch, cw) = (ch.clamp(1, h), cw.clamp(1, w));
+    ((h - ch) / 2, (w - cw) / 2, ch, cw)
 }
 
 /// Bilinear resampling (half-pixel centres, edge clamped) of the source region
-/// `(top, left, height, width)` to `oh × ow`, HWC u8.
-fn bilinear(
+/// `(top, left, height, width)` to `oh × ow`, HWC u8. Shared with SADE's strong augmentation.
+pub fn bilinear(
     img: &[u8],
     (h, w, c): (usize, usize, usize),
     (top, left, rh, rw): (f64, f64, f64, f64),

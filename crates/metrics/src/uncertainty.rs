@@ -253,7 +253,7 @@ pub enum BinEdge {
 }
 
 /// One bin of a reliability diagram.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct ReliabilityBin {
     /// Lower edge.
     pub lower: f64,

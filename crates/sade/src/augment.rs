@@ -25,6 +25,7 @@
 //! thread, not the batch). Differs from official: Python's and torch's unseeded global RNGs.
 
 use candle_core::{Device, Tensor};
+use longtail_data::transform::{bilinear, random_resized_params};
 use longtail_data::{sample_seed, Dataset, Normalize};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -236,7 +237,9 @@ impl StrongAugment {
                 (pad_crop(img, (h, w, c), p, oy, ox), h, w)
             }
             StrongCrop::Resized { size, scale } => {
-                let region = resized_crop_params(h, w, scale, &mut rng);
+                let (top, left, rh, rw) =
+                    random_resized_params(h, w, scale, (3.0 / 4.0, 4.0 / 3.0), &mut rng);
+                let region = (top as f64, left as f64, rh as f64, rw as f64);
                 (bilinear(img, (h, w, c), region, size, size), size, size)
             }
         };
@@ -390,71 +393,6 @@ fn pad_crop(
             }
             let s = (sy as usize * w + sx as usize) * c;
             out[(y * w + x) * c..][..c].copy_from_slice(&img[s..s + c]);
-        }
-    }
-    out
-}
-
-/// torchvision `RandomResizedCrop.get_params` with ratio (3/4, 4/3): `(top, left, height, width)`.
-fn resized_crop_params(
-    h: usize,
-    w: usize,
-    scale: (f64, f64),
-    rng: &mut ChaCha8Rng,
-) -> (usize, usize, usize, usize) {
-    let ratio = (3.0f64 / 4.0, 4.0f64 / 3.0);
-    let area = (h * w) as f64;
-    for _ in 0..10 {
-        let target = area * rng.random_range(scale.0..=scale.1);
-        let aspect = rng.random_range(ratio.0.ln()..=ratio.1.ln()).exp();
-        let cw = (target * aspect).sqrt().round() as usize;
-        let ch = (target / aspect).sqrt().round() as usize;
-        if cw > 0 && cw <= w && ch > 0 && ch <= h {
-            let top = rng.random_range(0..=h - ch);
-            let left = rng.random_range(0..=w - cw);
-            return (top, left, ch, cw);
-        }
-    }
-    let in_ratio = w as f64 / h as f64;
-    let (ch, cw) = if in_ratio < ratio.0 {
-        ((w as f64 / ratio.0).round() as usize, w)
-    } else if in_ratio > ratio.1 {
-        (h, (h as f64 * ratio.1).round() as usize)
-    } else {
-        (h, w)
-    };
-    let (ch, cw) = (ch.clamp(1, h), cw.clamp(1, w));
-    ((h - ch) / 2, (w - cw) / 2, ch, cw)
-}
-
-/// Bilinear resampling (half-pixel centres, edges clamped) of the region `(top, left, rh, rw)` to
-/// `oh × ow`.
-fn bilinear(
-    img: &[u8],
-    (h, w, c): (usize, usize, usize),
-    (top, left, rh, rw): (usize, usize, usize, usize),
-    oh: usize,
-    ow: usize,
-) -> Vec<u8> {
-    let axis = |o: usize, scale: f64, start: usize, n: usize| {
-        let v = (start as f64 + (o as f64 + 0.5) * scale - 0.5).clamp(0.0, (n - 1) as f64);
-        let lo = v.floor() as usize;
-        (lo, (lo + 1).min(n - 1), v - lo as f64)
-    };
-    let xs: Vec<_> = (0..ow)
-        .map(|x| axis(x, rw as f64 / ow as f64, left, w))
-        .collect();
-    let mut out = vec![0u8; oh * ow * c];
-    for y in 0..oh {
-        let (y0, y1, fy) = axis(y, rh as f64 / oh as f64, top, h);
-        for (x, &(x0, x1, fx)) in xs.iter().enumerate() {
-            for ch in 0..c {
-                let p = |yy: usize, xx: usize| img[(yy * w + xx) * c + ch] as f64;
-                let t = p(y0, x0) * (1.0 - fx) + p(y0, x1) * fx;
-                let b = p(y1, x0) * (1.0 - fx) + p(y1, x1) * fx;
-                out[(y * ow + x) * c + ch] =
-                    (t * (1.0 - fy) + b * fy).round().clamp(0.0, 255.0) as u8;
-            }
         }
     }
     out

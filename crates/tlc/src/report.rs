@@ -70,21 +70,6 @@ pub struct ScoreMetrics {
     pub ood_auroc: Option<f64>,
 }
 
-/// One reliability-diagram bin (15 right-closed bins).
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Bin {
-    /// Lower edge.
-    pub lower: f64,
-    /// Upper edge.
-    pub upper: f64,
-    /// Samples in the bin.
-    pub count: usize,
-    /// Accuracy of those samples.
-    pub accuracy: Option<f64>,
-    /// Their mean confidence.
-    pub mean_confidence: Option<f64>,
-}
-
 /// Every metric of one confidence score, overall and per shot group.
 #[derive(Clone, Debug, Serialize)]
 pub struct ScoreReport {
@@ -101,7 +86,7 @@ pub struct ScoreReport {
     /// Samples of few-shot classes.
     pub few: Option<ScoreMetrics>,
     /// The reliability diagram (15 bins, all samples).
-    pub reliability: Vec<Bin>,
+    pub reliability: Vec<um::ReliabilityBin>,
     /// Risk at each coverage `i / N` (all samples; for plots, not in the JSON).
     #[serde(skip)]
     pub risk_coverage: um::RiskCoverage,
@@ -281,16 +266,7 @@ pub fn score_report(
             .map(Some)
             .map_err(|e| report_error(format!("score `{score}`, {shot:?} group: {e}")))
     };
-    let reliability = um::reliability_bins(confidence, correct, 15, um::BinEdge::Right)?
-        .into_iter()
-        .map(|b| Bin {
-            lower: b.lower,
-            upper: b.upper,
-            count: b.count,
-            accuracy: b.accuracy,
-            mean_confidence: b.mean_confidence,
-        })
-        .collect();
+    let reliability = um::reliability_bins(confidence, correct, 15, um::BinEdge::Right)?;
     Ok(ScoreReport {
         score: score.to_string(),
         description: description.to_string(),
