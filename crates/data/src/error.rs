@@ -50,6 +50,28 @@ pub enum DataError {
         /// Bytes a record needs.
         want: usize,
     },
+    /// A file holds more or fewer records than its format, or its own header, says it must
+    /// (a cut or over-long file, or a file of another data set).
+    #[error(
+        "{}: {} of {record_bytes} bytes{}, expected exactly {expected} {rule}",
+        .path.display(),
+        count(*.found, "record"),
+        stray(*.stray_bytes)
+    )]
+    RecordCount {
+        /// The file.
+        path: PathBuf,
+        /// Whole records it holds.
+        found: usize,
+        /// Bytes after the last whole record (0 when the file ends on a record boundary).
+        stray_bytes: usize,
+        /// Bytes per record.
+        record_bytes: usize,
+        /// Records it must hold.
+        expected: usize,
+        /// Where `expected` comes from, in words: `as …`.
+        rule: String,
+    },
     /// A file does not start with the magic number of its format.
     #[error("{}: bad magic number {got:#010x} (expected {want})", .path.display())]
     BadMagic {
@@ -196,6 +218,24 @@ impl DataError {
             path: path.into(),
             source,
         }
+    }
+}
+
+/// `1 record`, `2 records`.
+fn count(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
+/// ` and 5 bytes more` after a record count, or nothing.
+fn stray(bytes: usize) -> String {
+    match bytes {
+        0 => String::new(),
+        1 => " and 1 byte more".into(),
+        n => format!(" and {n} bytes more"),
     }
 }
 

@@ -6,7 +6,7 @@ use crate::bundled;
 use crate::dataset::Dataset;
 use crate::error::{DataError, Result};
 use crate::profile::{check_imbalance, exponential_counts, ldam_subset};
-use crate::readers::cifar::{load_cifar, CifarKind};
+use crate::readers::cifar::{load_cifar_with, CifarKind, CifarRecords};
 use crate::readers::idx::{load_idx_dir, DEBIAN_FASHION_MNIST_DIR, FASHION_MNIST_CLASSES};
 use crate::readers::image_list::ImageList;
 use crate::transform::Normalize;
@@ -49,7 +49,7 @@ impl DatasetName {
     }
 
     /// The normalisation RIDE / SADE use for this data set: CIFAR-10 statistics for both CIFAR-LT
-    /// sets (spec ride.md §6), Fashion-MNIST statistics for the Fashion-MNIST sets, ImageNet
+    /// sets (docs/ride.md §6), Fashion-MNIST statistics for the Fashion-MNIST sets, ImageNet
     /// statistics for image lists.
     pub fn normalize(self) -> Normalize {
         match self {
@@ -227,6 +227,14 @@ fn load_image_lists(dir: &Path) -> Result<(Dataset, Option<Dataset>, Dataset)> {
         .flatten()
         .collect();
     let classes = lists.iter().map(|l| l.num_classes()).max().unwrap_or(0);
+    // Every class needs training images (`load_splits` checks it again on the data set): fail
+    // before decoding anything.
+    if let Some(class) = train.first_missing_class(classes) {
+        return Err(DataError::EmptyClass {
+            what: format!("{} training set", DatasetName::ImageList),
+            class,
+        });
+    }
     // One size for every split: the images' own if they all agree, else 256 × 256 centre crops.
     let mut common = None;
     let mut side = None;
@@ -245,6 +253,16 @@ fn load_image_lists(dir: &Path) -> Result<(Dataset, Option<Dataset>, Dataset)> {
     ))
 }
 
+/// Reader settings that [`load_splits`] keeps at their defaults, the real formats' rules.
+///
+/// Only tests (and tools that build tiny CIFAR-format files on purpose) change them, through
+/// [`load_splits_with`]; the CLI never does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// How many records each CIFAR binary file must hold (default: the published counts).
+    pub cifar_records: CifarRecords,
+}
+
 /// Loads a named data set's splits.
 ///
 /// The training set is the long-tailed subset (LDAM-DRW procedure, numpy seed 0); the test set
@@ -253,6 +271,11 @@ fn load_image_lists(dir: &Path) -> Result<(Dataset, Option<Dataset>, Dataset)> {
 /// is used when present and no fraction is given. Fails when a class of the training set is
 /// empty.
 pub fn load_splits(spec: &DataSpec) -> Result<Splits> {
+    load_splits_with(spec, LoadOptions::default())
+}
+
+/// [`load_splits`] with explicit reader settings (see [`LoadOptions`]).
+pub fn load_splits_with(spec: &DataSpec, options: LoadOptions) -> Result<Splits> {
     check_imbalance(spec.imbalance)?;
     let (train, list_val, test) = match spec.name {
         DatasetName::FmnistLt => {
@@ -281,7 +304,7 @@ pub fn load_splits(spec: &DataSpec) -> Result<Splits> {
             };
             let (train, test) = match spec.data_dir.as_deref().and_then(hub_reference) {
                 Some(reference) => load_cifar_from_hub(reference, kind)?,
-                None => load_cifar(need_dir(spec, hint)?, kind)?,
+                None => load_cifar_with(need_dir(spec, hint)?, kind, options.cifar_records)?,
             };
             (ldam_long_tail(&train, spec.imbalance)?, None, test)
         }

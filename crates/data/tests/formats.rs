@@ -2,10 +2,11 @@
 
 use std::path::Path;
 
-use longtail_data::readers::cifar::{read_cifar_file, CifarKind};
+use longtail_data::load::{load_splits_with, LoadOptions};
+use longtail_data::readers::cifar::{read_cifar_file, CifarKind, CifarRecords};
 use longtail_data::readers::idx::{encode_idx, read_idx};
 use longtail_data::readers::image_list::ImageList;
-use longtail_data::{load_splits, DataError, DataSpec, DatasetName};
+use longtail_data::{load_splits, DataError, DataSpec, DatasetName, Splits};
 
 use crate::util::{cifar_record, write_cifar10, write_gz};
 
@@ -17,6 +18,16 @@ fn spec(name: DatasetName, dir: &Path, imbalance: f64) -> DataSpec {
         val_fraction: None,
         seed: 0,
     }
+}
+
+/// [`load_splits`] accepting CIFAR files of any whole number of records, as the tiny files here.
+fn load_tiny(spec: &DataSpec) -> longtail_data::Result<Splits> {
+    load_splits_with(
+        spec,
+        LoadOptions {
+            cifar_records: CifarRecords::AnyWhole,
+        },
+    )
 }
 
 /// Five train batches of 20 records (2 per class... in a rotating order) and a test batch of 10.
@@ -37,7 +48,7 @@ fn cifar10_dir(dir: &Path) {
 fn cifar10_reads_hwc_and_draws_the_ldam_subset() {
     let tmp = tempfile::tempdir().unwrap();
     cifar10_dir(tmp.path());
-    let s = load_splits(&spec(DatasetName::Cifar10Lt, tmp.path(), 10.0)).unwrap();
+    let s = load_tiny(&spec(DatasetName::Cifar10Lt, tmp.path(), 10.0)).unwrap();
     // n_max = 100 / 10 = 10 per class: int(10 · 0.1^(i/9)).
     assert_eq!(s.train.class_counts(), [10, 7, 5, 4, 3, 2, 2, 1, 1, 1]);
     assert_eq!(s.test.len(), 10);
@@ -58,7 +69,7 @@ fn cifar10_reads_hwc_and_draws_the_ldam_subset() {
         .collect();
     assert_eq!(&s.train.source_indices[..10], &want[..]);
     // IF < 1 is an error.
-    let e = load_splits(&spec(DatasetName::Cifar10Lt, tmp.path(), 0.5)).unwrap_err();
+    let e = load_tiny(&spec(DatasetName::Cifar10Lt, tmp.path(), 0.5)).unwrap_err();
     assert!(matches!(e, DataError::BadImbalance { .. }), "{e}");
 }
 
@@ -141,7 +152,7 @@ fn cifar100_in_its_tarball_folder_with_an_empty_class() {
     };
     std::fs::write(sub.join("train.bin"), rec(200)).unwrap();
     std::fs::write(sub.join("test.bin"), rec(100)).unwrap();
-    let s = load_splits(&spec(DatasetName::Cifar100Lt, tmp.path(), 2.0)).unwrap();
+    let s = load_tiny(&spec(DatasetName::Cifar100Lt, tmp.path(), 2.0)).unwrap();
     assert_eq!(s.train.num_classes, 100);
     assert_eq!(s.train.class_counts()[0], 2);
     assert_eq!(s.train.class_counts()[99], 1);
@@ -151,7 +162,7 @@ fn cifar100_in_its_tarball_folder_with_an_empty_class() {
         .flat_map(|i| cifar_record(i, &[0, (i % 100) as u8]))
         .collect();
     std::fs::write(sub.join("train.bin"), bytes).unwrap();
-    let e = load_splits(&spec(DatasetName::Cifar100Lt, tmp.path(), 2.0)).unwrap_err();
+    let e = load_tiny(&spec(DatasetName::Cifar100Lt, tmp.path(), 2.0)).unwrap_err();
     assert!(matches!(e, DataError::EmptyClass { class: 7, .. }), "{e}");
 }
 

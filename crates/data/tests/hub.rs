@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use longtail_data::readers::cifar::{load_cifar, CifarKind, CIFAR10_CLASSES};
+use longtail_data::readers::cifar::{load_cifar_with, CifarKind, CifarRecords, CIFAR10_CLASSES};
 use longtail_data::readers::hub::{
     load_cifar_hub, read_cifar_parquet, HubDataOptions, HubSource, CIFAR100_REPO, CIFAR10_REPO,
 };
@@ -219,7 +219,8 @@ fn hub_and_binary_cifar10_give_identical_datasets() {
         &offline(cache.path()),
     )
     .unwrap();
-    let (btr, bte) = load_cifar(bin.path(), CifarKind::Cifar10).unwrap();
+    let (btr, bte) =
+        load_cifar_with(bin.path(), CifarKind::Cifar10, CifarRecords::AnyWhole).unwrap();
     assert_eq!(
         (htr.len(), htr.height, htr.width, htr.channels),
         (50, 32, 32, 3)
@@ -255,7 +256,8 @@ fn hub_and_binary_cifar100_give_identical_datasets() {
     std::fs::write(bin.path().join("test.bin"), binary_records(&test, true)).unwrap();
     std::fs::write(bin.path().join("fine_label_names.txt"), names.join("\n")).unwrap();
     let (htr, hte) = load_cifar_hub(&src, CifarKind::Cifar100, &offline(cache.path())).unwrap();
-    let (btr, bte) = load_cifar(bin.path(), CifarKind::Cifar100).unwrap();
+    let (btr, bte) =
+        load_cifar_with(bin.path(), CifarKind::Cifar100, CifarRecords::AnyWhole).unwrap();
     assert_eq!(htr.num_classes, 100);
     assert_eq!(htr.labels, train.labels, "fine labels, not coarse");
     assert_eq!(

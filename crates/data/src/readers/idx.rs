@@ -37,13 +37,31 @@ pub struct IdxArray {
     pub data: Vec<u8>,
 }
 
-/// Decompresses `bytes` if they are gzip, else returns them.
+/// Deflate's largest compression ratio (zlib's FAQ: 1032:1), which bounds what a gzip file of
+/// `n` bytes can decompress to.
+const MAX_DEFLATE_RATIO: u64 = 1032;
+
+/// Decompresses `bytes` if they are gzip (every member, as `gunzip` does), else returns them.
+///
+/// The output is bounded by what deflate can encode in `bytes.len()` bytes (1032 per byte), so a
+/// corrupt or hostile file cannot make it allocate more.
 pub fn maybe_gunzip(path: &Path, bytes: Vec<u8>) -> Result<Vec<u8>> {
     if bytes.starts_with(&[0x1f, 0x8b]) {
+        let limit = (bytes.len() as u64).saturating_mul(MAX_DEFLATE_RATIO);
         let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&bytes[..])
+        flate2::read::MultiGzDecoder::new(&bytes[..])
+            .take(limit.saturating_add(1))
             .read_to_end(&mut out)
             .map_err(|e| DataError::io(path, e))?;
+        if out.len() as u64 > limit {
+            return Err(DataError::BadFormat {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "gzip data of {} bytes decompresses to more than {limit} bytes, more than deflate can encode",
+                    bytes.len()
+                ),
+            });
+        }
         Ok(out)
     } else {
         Ok(bytes)
@@ -89,30 +107,43 @@ pub fn parse_idx(path: &Path, bytes: &[u8]) -> Result<IdxArray> {
         .chunks_exact(4)
         .map(|d| u32::from_be_bytes([d[0], d[1], d[2], d[3]]) as usize)
         .collect();
-    let record: usize = dims[1..].iter().product();
-    let total = dims[0]
-        .checked_mul(record)
-        .ok_or_else(|| DataError::BadFormat {
-            path: path.to_path_buf(),
-            reason: format!("dimensions {dims:?} overflow"),
-        })?;
+    let overflow = || DataError::BadFormat {
+        path: path.to_path_buf(),
+        reason: format!("dimensions {dims:?} overflow"),
+    };
+    let record = dims[1..]
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(overflow)?;
+    let total = dims[0].checked_mul(record).ok_or_else(overflow)?;
     let data = &bytes[header..];
-    if data.len() < total {
-        let index = data.len().checked_div(record).unwrap_or(0);
-        return Err(DataError::Truncated {
+    if data.len() != total {
+        if record == 0 {
+            return Err(DataError::BadFormat {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "dimensions {dims:?} hold no data, but {} bytes follow the header",
+                    data.len()
+                ),
+            });
+        }
+        let (found, stray) = (data.len() / record, data.len() % record);
+        // Ends inside an announced record: say which.
+        if found < dims[0] && stray > 0 {
+            return Err(DataError::Truncated {
+                path: path.to_path_buf(),
+                index: found,
+                got: stray,
+                want: record,
+            });
+        }
+        return Err(DataError::RecordCount {
             path: path.to_path_buf(),
-            index,
-            got: data.len().checked_rem(record).unwrap_or(0),
-            want: record,
-        });
-    }
-    if data.len() > total {
-        return Err(DataError::BadFormat {
-            path: path.to_path_buf(),
-            reason: format!(
-                "{} bytes after the {total} the header announces",
-                data.len() - total
-            ),
+            found,
+            stray_bytes: stray,
+            record_bytes: record,
+            expected: dims[0],
+            rule: format!("as its IDX header announces (dimensions {dims:?})"),
         });
     }
     Ok(IdxArray {
@@ -164,9 +195,18 @@ pub fn dataset_from_idx(
     }
     if images.dims[0] != labels.dims[0] {
         return Err(DataError::CountMismatch {
-            what: format!("{} and {}", images_path.display(), labels_path.display()),
+            what: format!(
+                "images file {} and labels file {}",
+                images_path.display(),
+                labels_path.display()
+            ),
             images: images.dims[0],
             labels: labels.dims[0],
+        });
+    }
+    if images.dims[0] == 0 {
+        return Err(DataError::Empty {
+            what: format!("images file {}", images_path.display()),
         });
     }
     let labels: Vec<u32> = labels.data.iter().map(|&l| l as u32).collect();

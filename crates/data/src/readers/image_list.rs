@@ -1,5 +1,5 @@
 //! Image-list files in the ImageNet-LT / Places-LT / iNaturalist format: one `relative/path label`
-//! per line, paths relative to a root directory (RIDE `LT_Dataset`, spec ride.md §6).
+//! per line, paths relative to a root directory (RIDE `LT_Dataset`, docs/ride.md §6).
 //!
 //! Reading the list decodes nothing; [`ImageList::decode`] decodes the images with the `image`
 //! crate in parallel (rayon) when they are needed.
@@ -13,6 +13,11 @@ use rayon::prelude::*;
 use super::read_file;
 use crate::dataset::Dataset;
 use crate::error::{DataError, Result};
+
+/// The largest label an image list may hold: 2^20 − 1, above every long-tailed benchmark
+/// (iNaturalist 2018: 8,142 classes; Google Landmarks v2: about 200,000), so that a corrupt label
+/// such as 4000000000 is an error rather than billions of classes to allocate.
+pub const MAX_LABEL: u32 = (1 << 20) - 1;
 
 /// A parsed image list: paths and labels, no pixels yet.
 #[derive(Clone, Debug, PartialEq)]
@@ -29,7 +34,8 @@ impl ImageList {
     /// Parses `list_path`; paths in it are taken relative to `root`.
     ///
     /// Blank lines are skipped. The label is the last whitespace-separated field, so paths may
-    /// contain spaces.
+    /// contain spaces; it must be at most [`MAX_LABEL`] ([`DataError::ListLine`] naming the
+    /// line otherwise).
     pub fn read(list_path: &Path, root: &Path) -> Result<ImageList> {
         let bytes = read_file(list_path)?;
         let text = String::from_utf8(bytes).map_err(|e| DataError::BadFormat {
@@ -53,6 +59,11 @@ impl ImageList {
             let label: u32 = label
                 .parse()
                 .map_err(|_| bad(format!("label `{label}` is not a non-negative integer")))?;
+            if label > MAX_LABEL {
+                return Err(bad(format!(
+                    "label {label} is above {MAX_LABEL}, the largest class index an image list may use"
+                )));
+            }
             entries.push((PathBuf::from(path.trim_end()), label));
         }
         if entries.is_empty() {
@@ -74,6 +85,19 @@ impl ImageList {
             .map(|e| e.1 as usize + 1)
             .max()
             .unwrap_or(0)
+    }
+
+    /// The smallest class below `num_classes` with no entry in this list, if any (a training
+    /// list must have every class). Allocates at most `len + 1` flags: `n` entries cover at most
+    /// `n` of the classes `0..=n`, so the smallest missing class is among them.
+    pub fn first_missing_class(&self, num_classes: usize) -> Option<usize> {
+        let mut seen = vec![false; num_classes.min(self.entries.len() + 1)];
+        for &(_, l) in &self.entries {
+            if let Some(s) = seen.get_mut(l as usize) {
+                *s = true;
+            }
+        }
+        seen.iter().position(|&s| !s)
     }
 
     /// Whether every image has the same width and height (reads only the headers, in parallel).
