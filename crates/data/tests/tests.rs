@@ -4,5 +4,6 @@ mod batching;
 mod counts;
 mod fashion_mnist;
 mod formats;
+mod fuzz;
 mod reference;
 mod util;
