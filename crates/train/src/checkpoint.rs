@@ -83,6 +83,9 @@ impl Checkpoint {
 }
 
 /// Writes `varmap` (+ optional momentum buffers) and `metadata` atomically to `path`.
+///
+/// The bytes depend only on the tensors and the metadata ([`to_bytes`]): saving the same state
+/// twice gives identical files.
 pub fn save(
     path: &Path,
     varmap: &VarMap,
@@ -101,15 +104,78 @@ pub fn save(
                 .map(|(k, v)| (format!("{MOMENTUM_PREFIX}{k}"), v.clone())),
         );
     }
-    tensors.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut meta: HashMap<String, String> = metadata
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let mut meta = metadata.clone();
     meta.insert("format".into(), FORMAT.into());
-    let bytes = safetensors::serialize(tensors.iter().map(|(k, v)| (k.as_str(), v)), Some(meta))
-        .map_err(|e| TrainError::Checkpoint(format!("cannot serialize: {e}")))?;
+    let bytes = to_bytes(tensors.iter().map(|(k, v)| (k.as_str(), v)), &meta)?;
     write_atomic(path, &bytes)
+}
+
+/// Serialises tensors and string metadata to safetensors bytes, byte-reproducibly.
+///
+/// `safetensors::serialize` writes the `__metadata__` map in `HashMap` order, which differs
+/// from one process (one map) to the next; this writes the same layout with the order fixed.
+/// The file is: the header length as a little-endian u64; the JSON header, `__metadata__` first
+/// with its keys sorted, then each tensor's `dtype`, `shape` and `data_offsets` in storage order,
+/// padded with spaces to a multiple of 8 bytes; then the tensors' little-endian data. Storage
+/// order is the safetensors crate's own: by decreasing dtype alignment, then by name, so the
+/// data section is byte-for-byte what `safetensors::serialize` writes. An empty `metadata` writes
+/// no `__metadata__` entry. Fails on a duplicate tensor name.
+pub fn to_bytes<'a>(
+    tensors: impl IntoIterator<Item = (&'a str, &'a Tensor)>,
+    metadata: &BTreeMap<String, String>,
+) -> Result<Vec<u8>, TrainError> {
+    use safetensors::tensor::{Dtype, TensorInfo, View};
+    let mut tensors: Vec<(&str, &Tensor, Dtype)> = tensors
+        .into_iter()
+        .map(|(name, t)| (name, t, View::dtype(&t)))
+        .collect();
+    tensors.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(b.0)));
+    if let Some(w) = tensors.windows(2).find(|w| w[0].0 == w[1].0) {
+        return Err(TrainError::Checkpoint(format!(
+            "cannot serialize: two tensors are named `{}`",
+            w[0].0
+        )));
+    }
+    let mut header = String::from("{");
+    if !metadata.is_empty() {
+        header.push_str("\"__metadata__\":");
+        header.push_str(&json(metadata)?);
+    }
+    let mut offset = 0usize;
+    for (name, t, dtype) in &tensors {
+        let len = View::data_len(t);
+        let info = TensorInfo {
+            dtype: *dtype,
+            shape: t.dims().to_vec(),
+            data_offsets: (offset, offset + len),
+        };
+        offset += len;
+        if header.len() > 1 {
+            header.push(',');
+        }
+        header.push_str(&json(name)?);
+        header.push(':');
+        header.push_str(&json(&info)?);
+    }
+    header.push('}');
+    let mut header = header.into_bytes();
+    header.resize(header.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + header.len() + offset);
+    out.extend_from_slice(&(header.len() as u64).to_le_bytes());
+    out.extend_from_slice(&header);
+    for (name, t, _) in &tensors {
+        // On the CPU, `View::data` cannot fail (it unwraps a device copy otherwise).
+        let cpu = t
+            .to_device(&Device::Cpu)
+            .map_err(|e| TrainError::Checkpoint(format!("cannot serialize `{name}`: {e}")))?;
+        out.extend_from_slice(&View::data(&&cpu));
+    }
+    Ok(out)
+}
+
+/// Compact JSON of `v` (serde_json's; a map's entries in its iteration order).
+fn json<T: serde::Serialize + ?Sized>(v: &T) -> Result<String, TrainError> {
+    serde_json::to_string(v).map_err(|e| TrainError::Checkpoint(format!("cannot serialize: {e}")))
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same directory, then renames it.

@@ -1,13 +1,17 @@
-//! Training-loop tests on tiny synthetic data: learning, bit-identical resume, NaN stop.
+//! Training-loop tests on tiny synthetic data: learning, bit-identical resume, NaN stop; and,
+//! as modules, byte-reproducible checkpoints and checkpoint-reading fuzz tests.
+
+mod checkpoint_bytes;
+mod fuzz;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 use longtail_backbone::{Arch, BackboneConfig, Blocks, ExpertOutput, Layout, MultiExpert};
-use longtail_data::{shot_groups, Augment, Dataset, Normalize, SamplerKind, ShotRule, Transform};
 use longtail_baselines::CrossEntropy;
 use longtail_data::Batch;
+use longtail_data::{shot_groups, Augment, Dataset, Normalize, SamplerKind, ShotRule, Transform};
 use longtail_train::{
     checkpoint, fit, LrSchedule, Method, Progress, RunOptions, SgdConfig, TrainConfig, TrainData,
     TrainError,
