@@ -2,7 +2,7 @@
 //! resolved to a local file through the Hugging Face cache (hf-hub 1.0, sync API).
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::str::FromStr;
 
 use hf_hub::{HFClient, HFClientSync, HFError};
@@ -180,7 +180,31 @@ fn client(opts: &HubOptions, reference: &HubRef) -> Result<HFClientSync> {
 
 /// Fetches (or finds in the cache) one file of a Hub repository; returns its path in the cache
 /// (`<cache>/models--owner--repo/snapshots/<commit>/<file>`).
+///
+/// hf-hub builds that path from the cached `refs/<revision>` file (or the Hub's commit header)
+/// without checking it: a refs file holding `../..` or an absolute path would lead outside the
+/// cache. Such a path is refused ([`HubError::Hub`]) rather than read.
 pub fn fetch(reference: &HubRef, opts: &HubOptions) -> Result<PathBuf> {
+    let path = fetch_unchecked(reference, opts)?;
+    let inside = path
+        .strip_prefix(opts.cache())
+        .is_ok_and(|rest| rest.components().all(|c| matches!(c, Component::Normal(_))));
+    if !inside {
+        return Err(HubError::Hub {
+            reference: reference.to_string(),
+            endpoint: opts.endpoint_name(),
+            message: format!(
+                "the cache resolves it to {}, outside the cache {} (a corrupt refs/{} file? it should hold a 40-hex commit)",
+                path.display(),
+                opts.cache().display(),
+                reference.revision.as_deref().unwrap_or("main")
+            ),
+        });
+    }
+    Ok(path)
+}
+
+fn fetch_unchecked(reference: &HubRef, opts: &HubOptions) -> Result<PathBuf> {
     let client = client(opts, reference)?;
     let repo = client.model(reference.owner.clone(), reference.repo.clone());
     let result = repo

@@ -5,5 +5,6 @@ mod cache;
 mod common;
 mod export;
 mod files;
+mod fuzz;
 mod official;
 mod torchvision;
