@@ -95,7 +95,7 @@ fn balanced_test() -> Dataset {
 }
 
 /// Expected: fixtures/official/sade_cifar100_test_agnostic_counts.json (SADE `test_training_cifar.py`);
-/// totals F50 2,486 … F2 7,166, uniform 10,000 (spec sade.md §3).
+/// totals F50 2,486 … F2 7,166, uniform 10,000 (docs/sade.md §3).
 #[test]
 fn sade_cifar100_label_shift_counts() {
     let j = fixture_json("official/sade_cifar100_test_agnostic_counts.json");

@@ -10,13 +10,13 @@
 //! apply unchanged.
 //!
 //! Offline use: `HF_HUB_OFFLINE=1` resolves from the cache only (hf-hub 1.0 has no such switch,
-//! candle.md §4, so [`HubDataOptions::from_env`] reads it and passes `local_files_only`); a miss
+//! docs/candle.md §4, so [`HubDataOptions::from_env`] reads it and passes `local_files_only`); a miss
 //! fails at once with [`DataError::MissingFile`] saying how to get the files. Online, there are
 //! no retries: an unreachable Hub falls back to a cached copy at once (hf-hub does that for
 //! connect and timeout errors) instead of after 5 back-off retries.
 //!
 //! Differs from candle-datasets' `cifar::load`: its `permute((0,3,2,1))` transposes the images
-//! (H and W swapped, candle.md §3); here a PNG row `y` is image row `y`, as in the binary files.
+//! (H and W swapped, docs/candle.md §3); here a PNG row `y` is image row `y`, as in the binary files.
 
 use std::path::{Path, PathBuf};
 
