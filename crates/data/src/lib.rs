@@ -7,7 +7,7 @@
 //!   `cifar100-lt`, `fmnist`, `image-list`) gives [`Splits`] (train, optional val, test).
 //! - [`profile`]: the LDAM-DRW exponential profile and subset, drawn with a bit-exact copy of numpy's
 //!   legacy MT19937 ([`Mt19937`]), so CIFAR-10/100-LT are the very images RIDE / SADE train on.
-//! - [`label_shift`] with [`TestDist`]: SADE's forward / uniform / backward test sets.
+//! - [`label_shift()`] with [`TestDist`]: SADE's forward / uniform / backward test sets.
 //! - [`Stats`]: counts, imbalance factor, many / medium / few split ([`ShotRule`]), Gini coefficient.
 //! - [`Transform`] = [`Augment`] + [`Normalize`]; [`SamplerKind`]; [`Batcher`] yields [`Batch`]es of
 //!   `[B, C, H, W]` f32 tensors, augmented in parallel ahead of the consumer, deterministic in
