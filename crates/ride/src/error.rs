@@ -67,12 +67,12 @@ pub enum RideError {
         /// What is wrong with it, as a predicate (`is not a router file`).
         reason: String,
     },
-    /// The engine failed (data, checkpoint, evaluation).
+    /// The engine failed (data, checkpoint, evaluation); boxed to keep the error small.
     #[error(transparent)]
-    Train(#[from] longtail_train::TrainError),
-    /// The data pipeline failed.
+    Train(Box<longtail_train::TrainError>),
+    /// The data pipeline failed; boxed to keep the error small.
     #[error(transparent)]
-    Data(#[from] longtail_data::DataError),
+    Data(Box<longtail_data::DataError>),
     /// The network failed.
     #[error(transparent)]
     Backbone(#[from] longtail_backbone::BackboneError),
@@ -102,5 +102,17 @@ impl From<longtail_losses::LossError> for RideError {
             },
             other => RideError::Loss(other),
         }
+    }
+}
+
+impl From<longtail_train::TrainError> for RideError {
+    fn from(e: longtail_train::TrainError) -> Self {
+        RideError::Train(Box::new(e))
+    }
+}
+
+impl From<longtail_data::DataError> for RideError {
+    fn from(e: longtail_data::DataError) -> Self {
+        RideError::Data(Box::new(e))
     }
 }

@@ -101,14 +101,26 @@ pub enum SadeError {
     Aggregate(#[from] longtail_aggregate::AggregateError),
     /// The engine failed (its evaluation pass, the run's settings).
     #[error(transparent)]
-    Train(#[from] longtail_train::TrainError),
-    /// The data pipeline failed.
+    Train(Box<longtail_train::TrainError>),
+    /// The data pipeline failed (boxed to keep the error small).
     #[error(transparent)]
-    Data(#[from] longtail_data::DataError),
+    Data(Box<longtail_data::DataError>),
     /// The network failed.
     #[error(transparent)]
     Backbone(#[from] longtail_backbone::BackboneError),
     /// A metric could not be computed.
     #[error(transparent)]
     Metrics(#[from] longtail_metrics::MetricsError),
+}
+
+impl From<longtail_train::TrainError> for SadeError {
+    fn from(e: longtail_train::TrainError) -> Self {
+        SadeError::Train(Box::new(e))
+    }
+}
+
+impl From<longtail_data::DataError> for SadeError {
+    fn from(e: longtail_data::DataError) -> Self {
+        SadeError::Data(Box::new(e))
+    }
 }

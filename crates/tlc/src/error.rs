@@ -89,10 +89,10 @@ pub enum TlcError {
     Report(String),
     /// The engine failed (its evaluation pass, the run's settings).
     #[error(transparent)]
-    Train(#[from] longtail_train::TrainError),
-    /// The data pipeline failed.
+    Train(Box<longtail_train::TrainError>),
+    /// The data pipeline failed (boxed to keep the error small).
     #[error(transparent)]
-    Data(#[from] longtail_data::DataError),
+    Data(Box<longtail_data::DataError>),
     /// The network failed.
     #[error(transparent)]
     Backbone(#[from] longtail_backbone::BackboneError),
@@ -103,3 +103,15 @@ pub enum TlcError {
 
 /// Result alias for this crate.
 pub type Result<T> = std::result::Result<T, TlcError>;
+
+impl From<longtail_train::TrainError> for TlcError {
+    fn from(e: longtail_train::TrainError) -> Self {
+        TlcError::Train(Box::new(e))
+    }
+}
+
+impl From<longtail_data::DataError> for TlcError {
+    fn from(e: longtail_data::DataError) -> Self {
+        TlcError::Data(Box::new(e))
+    }
+}

@@ -364,9 +364,9 @@ pub fn combined_predictions(
     batch: usize,
 ) -> Result<Vec<u32>> {
     if batch == 0 {
-        return Err(report_error(format!(
-            "the combination batch size must be at least 1"
-        )));
+        return Err(report_error(
+            "the combination batch size must be at least 1",
+        ));
     }
     let all = expert_tensor(expert_logits, n, e, c)?;
     let mut out = Vec::with_capacity(n);
@@ -447,9 +447,7 @@ pub fn early_exit_curve(
     device: &Device,
 ) -> Result<EarlyExitCurve> {
     if thresholds.is_empty() {
-        return Err(report_error(format!(
-            "early exit needs at least one threshold"
-        )));
+        return Err(report_error("early exit needs at least one threshold"));
     }
     if let Some(t) = thresholds.iter().find(|t| !(t.is_finite() && **t >= 0.0)) {
         return Err(report_error(format!(
