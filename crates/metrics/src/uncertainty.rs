@@ -530,17 +530,34 @@ pub fn reliability_bins_by_group(
         .collect())
 }
 
+/// [`risk_coverage`] per group, ascending by label.
+pub fn risk_coverage_by_group(
+    confidence: &[f64],
+    correct: &[bool],
+    groups: &[usize],
+) -> Result<Vec<(usize, RiskCoverage)>> {
+    check_pair(confidence, correct)?;
+    check_groups(groups, confidence.len())?;
+    Ok(group_indices(groups)
+        .into_iter()
+        .map(|(g, idx)| (g, risk_coverage_of(confidence, correct, &idx)))
+        .collect())
+}
+
 /// AURC per group.
 pub fn aurc_by_group(
     confidence: &[f64],
     correct: &[bool],
     groups: &[usize],
 ) -> Result<Vec<GroupValue>> {
-    check_pair(confidence, correct)?;
-    check_groups(groups, confidence.len())?;
-    Ok(by_group(groups, |idx| {
-        Some(risk_coverage_of(confidence, correct, idx).aurc)
-    }))
+    Ok(risk_coverage_by_group(confidence, correct, groups)?
+        .into_iter()
+        .map(|(group, rc)| GroupValue {
+            group,
+            count: rc.coverage.len(),
+            value: Some(rc.aurc),
+        })
+        .collect())
 }
 
 /// [`ood_auroc`] of each in-distribution group against all OOD samples.

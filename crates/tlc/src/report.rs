@@ -211,30 +211,6 @@ pub struct UncertaintyInput<'a> {
     pub device: &'a Device,
 }
 
-/// Metrics of one score on the samples `idx` (all of them when `None`).
-fn metrics_on(
-    confidence: &[f64],
-    correct: &[bool],
-    ood: Option<&[f64]>,
-    idx: &[usize],
-) -> Result<ScoreMetrics> {
-    let c: Vec<f64> = idx.iter().map(|&i| confidence[i]).collect();
-    let ok: Vec<bool> = idx.iter().map(|&i| correct[i]).collect();
-    let both = ok.iter().any(|&v| v) && ok.iter().any(|&v| !v);
-    let rc = um::risk_coverage(&c, &ok)?;
-    Ok(ScoreMetrics {
-        samples: c.len(),
-        accuracy: ok.iter().filter(|&&v| v).count() as f64 / ok.len() as f64,
-        failure_auroc: both.then(|| um::failure_auroc(&c, &ok)).transpose()?,
-        fpr_at_95_tpr: both.then(|| um::fpr_at_95_tpr(&c, &ok)).transpose()?,
-        ece15: um::ece15(&c, &ok)?,
-        ece10: um::ece10(&c, &ok)?,
-        aurc: rc.aurc,
-        excess_aurc: rc.excess_aurc(),
-        ood_auroc: ood.map(|o| um::ood_auroc(&c, o)).transpose()?,
-    })
-}
-
 /// All metrics of one confidence score: overall and per shot group (`groups[i]` is sample `i`'s
 /// group). `ood` holds the same score on OOD images, on the same scale. Confidences must lie in
 /// `[0, 1]` (calibration needs it).
@@ -254,17 +230,55 @@ pub fn score_report(
             groups.len()
         )));
     }
-    let all: Vec<usize> = (0..confidence.len()).collect();
-    let overall = metrics_on(confidence, correct, ood, &all)
-        .map_err(|e| report_error(format!("score `{score}`: {e}")))?;
+    // Every metric per group label: 0 = the whole set, then 1, 2, 3 = many, medium, few.
+    let label = |s: &Shot| 1 + Shot::ALL.iter().position(|a| a == s).unwrap_or(0);
+    let labels: Vec<usize> = groups.iter().map(label).collect();
+    let whole = vec![0usize; confidence.len()];
+    let err = |e: longtail_metrics::MetricsError| report_error(format!("score `{score}`: {e}"));
+    let metrics = |labels: &[usize]| -> Result<Vec<(usize, ScoreMetrics)>> {
+        let auroc = um::failure_auroc_by_group(confidence, correct, labels).map_err(err)?;
+        let fpr = um::fpr_at_tpr_by_group(confidence, correct, labels, 0.95).map_err(err)?;
+        let ece15 =
+            um::ece_by_group(confidence, correct, labels, 15, um::BinEdge::Right).map_err(err)?;
+        let ece10 =
+            um::ece_by_group(confidence, correct, labels, 10, um::BinEdge::Left).map_err(err)?;
+        let rc = um::risk_coverage_by_group(confidence, correct, labels).map_err(err)?;
+        let ood = ood
+            .map(|o| um::ood_auroc_by_group(confidence, labels, o))
+            .transpose()
+            .map_err(err)?;
+        Ok((0..auroc.len())
+            .map(|k| {
+                let g = auroc[k].group;
+                let right = (0..correct.len())
+                    .filter(|&i| labels[i] == g && correct[i])
+                    .count();
+                let metrics = ScoreMetrics {
+                    samples: auroc[k].count,
+                    accuracy: right as f64 / auroc[k].count as f64,
+                    failure_auroc: auroc[k].value,
+                    fpr_at_95_tpr: fpr[k].value,
+                    ece15: ece15[k].value.unwrap_or(f64::NAN),
+                    ece10: ece10[k].value.unwrap_or(f64::NAN),
+                    aurc: rc[k].1.aurc,
+                    excess_aurc: rc[k].1.excess_aurc(),
+                    ood_auroc: ood.as_ref().and_then(|o| o[k].value),
+                };
+                (g, metrics)
+            })
+            .collect())
+    };
+    let overall = metrics(&whole)?
+        .pop()
+        .map(|(_, m)| m)
+        .ok_or_else(|| report_error(format!("score `{score}`: no samples")))?;
+    let per_group = metrics(&labels)?;
     let group = |shot: Shot| -> Result<Option<ScoreMetrics>> {
-        let idx: Vec<usize> = all.iter().copied().filter(|&i| groups[i] == shot).collect();
-        if idx.is_empty() {
-            return Ok(None);
-        }
-        metrics_on(confidence, correct, ood, &idx)
-            .map(Some)
-            .map_err(|e| report_error(format!("score `{score}`, {shot:?} group: {e}")))
+        let g = label(&shot);
+        Ok(per_group
+            .iter()
+            .find(|(k, _)| *k == g)
+            .map(|(_, m)| m.clone()))
     };
     let reliability = um::reliability_bins(confidence, correct, 15, um::BinEdge::Right)?;
     Ok(ScoreReport {
