@@ -1,9 +1,10 @@
 //! `longtail bench train`: training-step throughput on this CPU, our kernels vs candle's stock
 //! ops, with GFLOP/s, the fraction of the machine's measured GEMM peak and peak memory.
 
-use super::measure::{measure, models, Measurement, Settings};
 use anyhow::bail;
 use longtail::backbone::Kernels;
+use longtail::registry;
+use longtail::train::bench::{measure, models, Measurement, Settings};
 
 /// What to benchmark.
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -97,6 +98,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
             let m = measure(
                 model,
+                registry::preset(model.preset)?,
+                registry::method(&registry::preset(model.preset)?.method.name)?,
                 kernels,
                 &Settings {
                     steps,

@@ -18,7 +18,8 @@ pub struct Args {
     /// Evaluate on another data set than the one the run was trained on (same classes).
     #[arg(long)]
     pub dataset: Option<String>,
-    /// Directory of the data files.
+    /// Directory of the data files (for a data set that reads files: not the bundled fmnist-lt,
+    /// where it is an error).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// Many/medium/few rule: ride (>100 / 20–100 / <20) or oltr (>=100 / <=20).
@@ -30,19 +31,19 @@ pub struct Args {
     /// Evaluate under test-time label shift: `all` (the eleven SADE distributions, forward 50 …
     /// uniform … backward 50), or one of them (`forward10`, `uniform`, `backward5`, …), each with
     /// plain averaging and with test-time self-supervised aggregation.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "uncertainty")]
     pub test_dist: Option<String>,
     /// Report uncertainty metrics (failure AUROC, FPR@95, ECE, AURC, OOD AUROC) and early exit.
     #[arg(long)]
     pub uncertainty: bool,
-    /// An out-of-distribution data set for OOD AUROC (with --uncertainty), e.g. `fmnist` or a
-    /// CIFAR directory via --ood-data-dir.
+    /// An out-of-distribution data set for OOD AUROC (only with --uncertainty), e.g. `fmnist`
+    /// or a CIFAR directory via --ood-data-dir.
     #[arg(long)]
     pub ood_data: Option<String>,
-    /// Directory of the OOD data files.
+    /// Directory of the OOD data files (only with --uncertainty and --ood-data).
     #[arg(long)]
     pub ood_data_dir: Option<PathBuf>,
-    /// Write PNG plots into this directory (with --test-dist or --uncertainty).
+    /// Write PNG plots into this directory (only with --test-dist or --uncertainty).
     #[arg(long)]
     pub plot_dir: Option<PathBuf>,
     /// Compute device: cpu, cuda, cuda:N, or auto (CUDA when built with the `cuda` feature
@@ -73,6 +74,20 @@ pub struct EvalContext {
 
 /// Run `longtail eval`.
 pub fn run(args: Args) -> Result<()> {
+    if !args.uncertainty {
+        if let Some(flag) = [
+            (args.ood_data.is_some(), "--ood-data"),
+            (args.ood_data_dir.is_some(), "--ood-data-dir"),
+        ]
+        .into_iter()
+        .find_map(|(given, flag)| given.then_some(flag))
+        {
+            bail!("{flag} is for the OOD AUROC of --uncertainty: pass --uncertainty with it, or drop {flag}");
+        }
+    }
+    if args.plot_dir.is_some() && args.test_dist.is_none() && !args.uncertainty {
+        bail!("--plot-dir draws the --test-dist or --uncertainty plots: pass one of them, or drop --plot-dir");
+    }
     let ctx = context(&args)?;
     if args.test_dist.is_some() {
         return super::eval_shift::run(&args, &ctx);
@@ -163,6 +178,16 @@ pub fn context(args: &Args) -> Result<EvalContext> {
         cfg.data.dataset = d.clone();
     }
     if let Some(d) = &args.data_dir {
+        if cfg.data.dataset == "fmnist-lt" {
+            bail!(
+                "data directory {} would not be used: the data set is fmnist-lt, which is bundled and reads no files; pass --dataset with it (fmnist, cifar10-lt, cifar100-lt, image-list) or drop --data-dir",
+                d.display()
+            );
+        }
+        let hub = d.to_str().is_some_and(|s| s.starts_with("hf://"));
+        if !hub && !d.is_dir() {
+            bail!("data directory {} does not exist", d.display());
+        }
         cfg.data.data_dir = Some(d.clone());
     }
     let (name, splits) = load_data(&cfg)?;

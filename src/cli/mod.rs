@@ -9,7 +9,6 @@ pub mod eval_shift;
 pub mod eval_uncertainty;
 pub mod export;
 pub mod import;
-mod measure;
 pub mod presets;
 pub mod pull;
 pub mod route;

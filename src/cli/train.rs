@@ -6,24 +6,28 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use longtail::registry::{self, preset};
 use longtail::train::device::device_announced;
-use longtail::train::{train_run, FitSummary, Progress, RunConfig};
+use longtail::train::{train_run, FitSummary, OutMode, Progress, RunConfig};
 
 /// Arguments of `longtail train`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
-    /// Method: ce, ride, sade or tlc. With --dataset it picks the preset `<method>.<dataset>`.
-    #[arg(long, default_value = "ride")]
-    pub method: String,
-    /// A named preset (see `longtail presets`); overrides --method/--dataset's choice.
-    #[arg(long)]
+    /// Method: ce, ride (the default), sade or tlc. With --dataset it picks the preset
+    /// `<method>.<dataset>`; not with --preset or --config, which name the method themselves.
+    #[arg(long, conflicts_with_all = ["preset", "config"])]
+    pub method: Option<String>,
+    /// A named preset (see `longtail presets`) instead of --method/--dataset.
+    #[arg(long, conflicts_with = "config")]
     pub preset: Option<String>,
     /// A TOML config file (as saved in every run's config.toml); flags below override it.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Data set: fmnist-lt (bundled), cifar10-lt, cifar100-lt.
-    #[arg(long, default_value = "fmnist-lt")]
-    pub dataset: String,
-    /// Directory of the data files (CIFAR binary batches).
+    /// Data set: fmnist-lt (bundled, the default), cifar10-lt, cifar100-lt, fmnist. Not with
+    /// --preset or --config, which name the data set themselves.
+    #[arg(long, conflicts_with_all = ["preset", "config"])]
+    pub dataset: Option<String>,
+    /// Directory of the data files (CIFAR binary batches, Fashion-MNIST IDX files). Needs a data
+    /// set that reads files: pass --dataset (or a --preset / --config naming one); the bundled
+    /// fmnist-lt reads none, so --data-dir with it is an error.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// Imbalance factor of the long-tailed training subset.
@@ -50,9 +54,14 @@ pub struct Args {
     /// Run directory (default: runs/<preset>-seed<seed>).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Continue the run in --out from its last checkpoint.
+    /// Continue the run in --out from its last checkpoint (same config; an error when --out
+    /// holds no checkpoint).
     #[arg(long)]
     pub resume: bool,
+    /// Start a new run in an --out that holds a run or other files: the old run's files
+    /// (checkpoints, metrics, config.toml, router) are replaced, other files kept.
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
     /// After training, also train the CE baseline of the same recipe and print both side by side.
     #[arg(long)]
     pub compare_ce: bool,
@@ -73,11 +82,11 @@ pub fn resolve(args: &Args) -> Result<RunConfig> {
                 .with_context(|| format!("cannot read {}", path.display()))?;
             RunConfig::from_toml(&text).with_context(|| format!("in {}", path.display()))?
         }
-        None => preset(
-            args.preset
-                .as_deref()
-                .unwrap_or(&format!("{}.{}", args.method, args.dataset)),
-        )?,
+        None => preset(args.preset.as_deref().unwrap_or(&format!(
+            "{}.{}",
+            args.method.as_deref().unwrap_or("ride"),
+            args.dataset.as_deref().unwrap_or("fmnist-lt")
+        )))?,
     };
     if let Some(d) = &args.data_dir {
         cfg.data.data_dir = Some(d.clone());
@@ -105,6 +114,17 @@ pub fn resolve(args: &Args) -> Result<RunConfig> {
     }
     if let Some(v) = args.val_fraction {
         cfg.data.val_fraction = Some(v);
+    }
+    if let (Some(dir), "fmnist-lt") = (&cfg.data.data_dir, cfg.data.dataset.as_str()) {
+        let fix = if args.dataset.is_none() && args.preset.is_none() && args.config.is_none() {
+            "pass --dataset with it (fmnist for Fashion-MNIST IDX files, cifar10-lt or cifar100-lt for CIFAR binaries, image-list)"
+        } else {
+            "name a data set that reads files (--dataset fmnist, cifar10-lt, cifar100-lt or image-list), or drop --data-dir"
+        };
+        bail!(
+            "data directory {} would not be used: the data set is fmnist-lt, which is bundled and reads no files; {fix}",
+            dir.display()
+        );
     }
     registry::check(&cfg)?;
     Ok(cfg)
@@ -135,7 +155,14 @@ pub fn run(args: Args) -> Result<()> {
     let device = device_announced(&args.device)?;
     let method = registry::method(&cfg.method.name)?;
     let t0 = Instant::now();
-    let summary = train_run(&cfg, method, &out, args.resume, progress, &device)?;
+    let mode = if args.resume {
+        OutMode::Resume
+    } else if args.overwrite {
+        OutMode::Overwrite
+    } else {
+        OutMode::New
+    };
+    let summary = train_run(&cfg, method, &out, mode, progress, &device)?;
     let wall = t0.elapsed().as_secs_f64();
     print_summary(&name, &summary, wall);
     if args.compare_ce && cfg.method.name != "ce" {
@@ -157,12 +184,20 @@ pub fn run(args: Args) -> Result<()> {
             ce_out.display()
         );
         let t1 = Instant::now();
-        let resume = ce_out.join(longtail::train::trainer::LAST).exists();
+        // The baseline of an earlier --compare-ce run is continued (same recipe), unless the main
+        // run is being overwritten.
+        let ce_mode = if args.overwrite {
+            OutMode::Overwrite
+        } else if ce_out.join(longtail::train::trainer::LAST).exists() {
+            OutMode::Resume
+        } else {
+            OutMode::New
+        };
         let ce_summary = train_run(
             &ce,
             registry::method("ce")?,
             &ce_out,
-            resume,
+            ce_mode,
             progress,
             &device,
         )?;
@@ -193,7 +228,7 @@ fn pct(v: Option<f64>) -> String {
 
 fn print_summary(name: &str, s: &FitSummary, wall: f64) {
     let r = &s.test.report;
-    let ips: Vec<f64> = s.history.iter().map(|h| h.images_per_sec).collect();
+    let ips: Vec<f64> = s.timing.iter().map(|t| t.images_per_sec).collect();
     let mean_ips = if ips.is_empty() {
         0.0
     } else {

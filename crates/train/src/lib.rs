@@ -10,6 +10,7 @@
 
 #![deny(missing_docs)]
 
+pub mod bench;
 pub mod checkpoint;
 mod config;
 pub mod device;
@@ -21,15 +22,21 @@ mod schedule;
 mod sgd;
 pub mod trainer;
 
-pub use config::{DataConfig, MethodConfig, OptimConfig, RunConfig};
+pub use config::{
+    config_differences, human_bytes, DataConfig, MethodConfig, OptimConfig, RunConfig,
+    SizeEstimate,
+};
 pub use error::TrainError;
 pub use eval::{evaluate, evaluate_with, Evaluation};
 pub use longtail_backbone::trainable_vars;
 pub use method::{method_error, Method, MethodKind, Preset};
-pub use run::{load_data, load_run, metadata, train_run, transforms, LoadedRun, RunData};
+pub use run::{
+    check_fits, check_fits_in, load_data, load_run, machine_memory, metadata, train_run,
+    transforms, LoadedRun, OutMode, RunData, RunLock, CONFIG_FILE, LOCK_FILE, RUN_FILES,
+};
 pub use schedule::LrSchedule;
 pub use sgd::{Sgd, SgdConfig};
 pub use trainer::{
-    fit, train_epoch, EpochRecord, EpochStats, FitSummary, Progress, RunOptions, Step, TrainConfig,
-    TrainData,
+    fit, train_epoch, EpochRecord, EpochStats, EpochTiming, FitSummary, Progress, RunOptions, Step,
+    TrainConfig, TrainData,
 };

@@ -1,5 +1,5 @@
-//! `longtail bench train`: how fast one training step runs on this machine, with our CPU kernels
-//! and with candle's stock ops, in one process (issue #5).
+//! How fast one training step runs on this machine, with our CPU kernels and with candle's
+//! stock ops, in one process (`longtail bench train`).
 //!
 //! For each model (ResNet-32 and RIDE-3 on 32×32×3 inputs, 100 classes) it times the real
 //! training step of the `train` command: the backbone's train-mode forward, the method's loss
@@ -15,12 +15,12 @@
 
 use std::time::Instant;
 
-use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
+use longtail_backbone::{trainable_vars, Kernels, MultiExpert};
 
-use longtail::backbone::{trainable_vars, Kernels, MultiExpert};
-use longtail::registry::{self, preset};
-use longtail::train::{Sgd, SgdConfig};
+use crate::{MethodKind, RunConfig, Sgd, SgdConfig, TrainError};
+
+type Result<T> = std::result::Result<T, TrainError>;
 
 /// One benchmarked model.
 #[derive(Clone, Debug)]
@@ -33,8 +33,8 @@ pub struct Model {
     pub experts: usize,
 }
 
-/// The models `longtail bench train` knows: plain ResNet-32 with cross-entropy (PyTorch's
-/// reference point in issue #5) and RIDE-3 with reduced experts and the RIDE loss.
+/// The models `longtail bench train` knows: plain ResNet-32 with cross-entropy (the usual
+/// PyTorch reference point) and RIDE-3 with reduced experts and the RIDE loss.
 pub fn models() -> Vec<Model> {
     vec![
         Model {
@@ -133,10 +133,15 @@ fn peak_rss_mib() -> Option<f64> {
 }
 
 /// Times `steps` training steps (after one warm-up) and the eval forward of `model` with
-/// `kernels`, on the CPU.
-pub fn measure(model: &Model, kernels: Kernels, settings: &Settings) -> Result<Measurement> {
+/// `kernels`, on the CPU. `cfg` is the config of `model.preset`, `method` its method.
+pub fn measure(
+    model: &Model,
+    mut cfg: RunConfig,
+    method: &dyn MethodKind,
+    kernels: Kernels,
+    settings: &Settings,
+) -> Result<Measurement> {
     let dev = Device::Cpu;
-    let mut cfg = preset(model.preset)?;
     cfg.model.num_experts = model.experts;
     cfg.model.num_classes = 100;
     cfg.model.kernels = kernels;
@@ -144,7 +149,7 @@ pub fn measure(model: &Model, kernels: Kernels, settings: &Settings) -> Result<M
     let (varmap, net) = MultiExpert::seeded(&cfg.model, 1, &dev)?;
     let experts: Vec<usize> = (0..model.experts).collect();
     let macs = net.macs(32, 32, &experts)?.total();
-    let mut objective = registry::method(&cfg.method.name)?.build(&cfg, &counts, &dev)?;
+    let mut objective = method.build(&cfg, &counts, &dev)?;
     objective.begin_epoch(1)?;
     let mut opt = Sgd::new(trainable_vars(&varmap), SgdConfig::default())?;
     opt.set_lr(0.1);
@@ -152,7 +157,7 @@ pub fn measure(model: &Model, kernels: Kernels, settings: &Settings) -> Result<M
     let x = det_uniform(b * 3 * 32 * 32, 7, &[b, 3, 32, 32])?;
     let y: Vec<u32> = (0..b as u32).map(|i| (i * 37) % 100).collect();
     let y = Tensor::from_vec(y, b, &dev)?;
-    let batch = longtail::data::Batch {
+    let batch = longtail_data::Batch {
         images: x.clone(),
         labels: y,
         indices: (0..b).collect(),
@@ -171,7 +176,11 @@ pub fn measure(model: &Model, kernels: Kernels, settings: &Settings) -> Result<M
         let value = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
         let t = t0.elapsed().as_secs_f64();
         if !value.is_finite() {
-            bail!("{}: non-finite loss {value} at step {step}", model.name);
+            return Err(TrainError::NonFiniteLoss {
+                epoch: 1,
+                step,
+                value,
+            });
         }
         losses.push(value);
         if step > 0 {
