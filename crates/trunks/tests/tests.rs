@@ -1,0 +1,6 @@
+//! The trunks' integration tests, one binary (candle links once).
+
+mod common;
+mod errors;
+mod hub_cache;
+mod parity;
