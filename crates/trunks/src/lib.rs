@@ -10,6 +10,9 @@
 //! - [`PretrainedTrunk::load`]: from a folder (`config.json` + `model.safetensors`) or
 //!   `hf://owner/name[@revision]` through the Hugging Face cache ([`HubOptions`],
 //!   `HF_HUB_OFFLINE`), with its [`Preprocess`] read from `preprocessor_config.json`.
+//! - [`cache`]: [`extract_features`] streams a data set's features to a safetensors file whose
+//!   metadata names the trunk, its revision, the preprocessing and the data's fingerprint, and
+//!   reuses the file while they match.
 //!
 //! ```no_run
 //! use longtail_trunks::{PretrainedTrunk, LoadOptions, TrunkRef};
@@ -22,6 +25,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod cache;
 pub mod clip;
 pub mod config;
 pub mod dinov2;
@@ -35,6 +39,10 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
 
+pub use cache::{
+    extract_features, read_features, CacheStatus, CachedFeatures, ExtractOptions, FeatureKind,
+    ImageBatch, ImageSource,
+};
 pub use clip::ClipVision;
 pub use config::{Activation, ClipVisionConfig, Dinov2Config, Family, TrunkConfig, VitConfig};
 pub use dinov2::Dinov2;

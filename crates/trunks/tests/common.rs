@@ -41,3 +41,16 @@ pub fn trunk_folder(dir: &Path, name: &str) -> PathBuf {
     std::fs::copy(model, folder.join("model.safetensors")).unwrap();
     folder
 }
+
+/// Deterministic pixels for `n` images of `h`×`w`×`c`, different for each `seed`.
+pub fn pixels(n: usize, (h, w, c): (usize, usize, usize), seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n * h * w * c)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 56) as u8
+        })
+        .collect()
+}

@@ -2,5 +2,6 @@
 
 mod common;
 mod errors;
+mod feature_cache;
 mod hub_cache;
 mod parity;
