@@ -104,9 +104,22 @@ pub enum TrunkError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// Expert heads that cannot be built, trained or read: bad sizes, features or labels that
+    /// do not fit them, a file that is not a heads checkpoint.
+    #[error("heads: {0}")]
+    BadHeads(String),
+    /// An error of the training engine (config, optimizer, checkpoint, method, metrics).
+    #[error(transparent)]
+    Train(Box<longtail_train::TrainError>),
     /// An error inside candle (a tensor operation).
     #[error(transparent)]
     Tensor(#[from] candle_core::Error),
+}
+
+impl From<longtail_train::TrainError> for TrunkError {
+    fn from(e: longtail_train::TrainError) -> Self {
+        TrunkError::Train(Box::new(e))
+    }
 }
 
 /// The crate's result type.

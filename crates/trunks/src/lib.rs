@@ -13,6 +13,10 @@
 //! - [`cache`]: [`extract_features`] streams a data set's features to a safetensors file whose
 //!   metadata names the trunk, its revision, the preprocessing and the data's fingerprint, and
 //!   reuses the file while they match.
+//! - [`heads`]: [`ExpertHeads`], E light heads (cosine or linear, optionally a residual adapter
+//!   each) over the trunk feature with the backbone's `ExpertOutput`, so that every registered
+//!   method's loss trains them; [`train_heads`] over a [`FeatureSet`], [`evaluate_heads`]
+//!   (many / medium / few, every expert), [`save_heads`] / [`load_heads`].
 //!
 //! ```no_run
 //! use longtail_trunks::{PretrainedTrunk, LoadOptions, TrunkRef};
@@ -30,6 +34,7 @@ pub mod clip;
 pub mod config;
 pub mod dinov2;
 pub mod error;
+pub mod heads;
 pub mod preprocess;
 pub mod source;
 pub mod vit;
@@ -47,6 +52,10 @@ pub use clip::ClipVision;
 pub use config::{Activation, ClipVisionConfig, Dinov2Config, Family, TrunkConfig, VitConfig};
 pub use dinov2::Dinov2;
 pub use error::{Result, TrunkError};
+pub use heads::{
+    evaluate_heads, init_heads, load_heads, save_heads, train_heads, ExpertHeads, FeatureSet,
+    HeadClassifier, HeadsConfig, HeadsEpoch, HeadsFit, LoadedHeads,
+};
 pub use preprocess::{Preprocess, Resample, Resize};
 pub use source::{locate, HubOptions, TrunkFiles, TrunkRef};
 pub use vit::Vit;

@@ -3,5 +3,6 @@
 mod common;
 mod errors;
 mod feature_cache;
+mod heads;
 mod hub_cache;
 mod parity;
