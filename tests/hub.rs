@@ -398,3 +398,73 @@ fn bad_official_files_are_refused_and_nothing_is_written() {
     );
     assert_eq!(std::fs::read_dir(p.join("b")).unwrap().count(), 1);
 }
+
+/// Issue 14 case 6: a 1-channel, 10-class official state dict is the bundled Fashion-MNIST-LT
+/// (not CIFAR-10-LT), and an fmnist-lt import stores the bundled set's class counts (so
+/// many / medium / few are right), not the full Fashion-MNIST profile's.
+#[test]
+fn one_channel_imports_are_fmnist_lt_with_the_bundled_class_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let run = tiny_run(p);
+    // The run's weights as an official state dict: no optimizer state, no metadata.
+    let bytes = std::fs::read(run.join("last.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let tensors: Vec<(String, safetensors::tensor::TensorView)> = st
+        .tensors()
+        .into_iter()
+        .filter(|(n, _)| !n.starts_with("optimizer."))
+        .collect();
+    std::fs::write(
+        p.join("official.safetensors"),
+        safetensors::serialize(tensors, None).unwrap(),
+    )
+    .unwrap();
+    let bundled = [1000, 599, 359, 215, 129, 77, 46, 27, 16, 10];
+    for (out, extra) in [("inferred", None), ("named", Some("fmnist-lt"))] {
+        let mut args = vec![
+            "import",
+            "--from",
+            "ride",
+            "official.safetensors",
+            "--out",
+            out,
+        ];
+        if let Some(d) = extra {
+            args.extend(["--dataset", d]);
+        }
+        let o = longtail(p, &args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(
+            stdout(&o).contains("(resnet32, 3 experts"),
+            "{}",
+            stdout(&o)
+        );
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(p.join(out).join("config.json")).unwrap())
+                .unwrap();
+        assert_eq!(json["dataset"], "fmnist-lt", "{out}");
+        assert_eq!(json["class_counts"], serde_json::json!(bundled), "{out}");
+    }
+    // Evaluated with the right groups: 5 many-, 3 medium- and 2 few-shot classes.
+    let v = eval_json(p, "inferred", &[]);
+    assert_eq!(v["dataset"], "fmnist-lt");
+    assert_eq!(v["group_classes"], serde_json::json!([5, 3, 2]));
+    assert_fails(
+        &longtail(
+            p,
+            &[
+                "import",
+                "--from",
+                "ride",
+                "official.safetensors",
+                "--out",
+                "cifar",
+                "--dataset",
+                "cifar10-lt",
+            ],
+        ),
+        "the network takes 1-channel images but cifar10-lt has 3-channel ones",
+    );
+    assert!(!p.join("cifar").exists());
+}

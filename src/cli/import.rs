@@ -24,7 +24,8 @@ pub struct Args {
     /// Expected number of classes (an error if the classifier has another).
     #[arg(long)]
     pub classes: Option<usize>,
-    /// Data set the model was trained on (default: cifar10-lt for 10 classes, cifar100-lt for 100).
+    /// Data set the model was trained on (default: for 3-channel input cifar10-lt with 10 classes,
+    /// cifar100-lt with 100; for 1-channel input with 10 classes fmnist-lt; else required).
     #[arg(long)]
     pub dataset: Option<String>,
 }
@@ -52,10 +53,10 @@ pub fn run(args: Args) -> Result<()> {
     )?;
     let m = &imported.loaded.config.model;
     println!(
-        "imported {} as {} ({:?}, {} experts, {} classes, preset {}) → {}",
+        "imported {} as {} ({}, {} experts, {} classes, preset {}) → {}",
         args.file.display(),
         imported.loaded.config.method.name,
-        m.arch,
+        serde_json::to_value(m.arch)?.as_str().unwrap_or("?"),
         m.num_experts,
         m.num_classes,
         imported.loaded.config.preset.as_deref().unwrap_or("-"),

@@ -94,6 +94,16 @@ pub enum HubError {
         /// The output directory.
         path: PathBuf,
     },
+    /// An option that cannot be used as given (a model card field that would break its YAML).
+    #[error("invalid {name} `{value}`: {reason}")]
+    BadOption {
+        /// The option (`--license`).
+        name: &'static str,
+        /// What was given, with control characters escaped (`mit\nfoo`).
+        value: String,
+        /// What is accepted.
+        reason: String,
+    },
     /// A file system operation failed.
     #[error("{}: {source}", .path.display())]
     Io {

@@ -121,6 +121,39 @@ pub fn config_json(metadata: &BTreeMap<String, String>) -> Result<serde_json::Va
     }))
 }
 
+/// A license id for the card's YAML front matter: one word of ASCII letters, digits and
+/// `.` `-` `+` `_` (`apache-2.0`, `mit`, `cc-by-nc-4.0`, `other`), the shape of the Hub's ids.
+/// Anything else (a newline, `:`, `#`, spaces) would change or break the YAML, so it is refused.
+pub fn check_license(license: &str) -> Result<()> {
+    let ok = !license.is_empty()
+        && license.len() <= 64
+        && license
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '+' | '_'));
+    if ok {
+        return Ok(());
+    }
+    Err(HubError::BadOption {
+        name: "--license",
+        value: license.escape_debug().to_string(),
+        reason: "a license id is one word of letters, digits, `.`, `-`, `+` or `_` (apache-2.0, mit, cc-by-4.0, other)".into(),
+    })
+}
+
+/// `s` as a YAML scalar: as is when it is a plain word, else double-quoted with JSON escapes
+/// (a JSON string is a valid YAML double-quoted scalar), so metadata from a checkpoint file
+/// cannot add lines or keys to the front matter.
+fn yaml_scalar(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '/'));
+    if plain {
+        s.to_string()
+    } else {
+        serde_json::Value::String(s.to_string()).to_string()
+    }
+}
+
 fn pct(v: Option<f64>) -> String {
     v.map_or("–".into(), |v| format!("{:.2}", 100.0 * v))
 }
@@ -133,6 +166,7 @@ pub fn model_card(
     results: Option<&Results>,
     opts: &CardOptions,
 ) -> Result<String> {
+    check_license(&opts.license)?;
     let json = config_json(metadata)?;
     let method = metadata.get("method").map_or("unknown", String::as_str);
     let dataset = metadata.get("dataset").map_or("unknown", String::as_str);
@@ -159,13 +193,13 @@ pub fn model_card(
     c.push_str(&format!("license: {}\n", opts.license));
     c.push_str("pipeline_tag: image-classification\n");
     c.push_str("tags:\n- long-tailed\n- image-classification\n");
-    c.push_str(&format!("- {method}\n"));
+    c.push_str(&format!("- {}\n", yaml_scalar(method)));
     if experts != "1" {
         c.push_str("- mixture-of-experts\n");
     }
     c.push_str(&format!(
         "datasets:\n- {}\nmetrics:\n- accuracy\n",
-        hub_dataset(dataset)
+        yaml_scalar(hub_dataset(dataset))
     ));
     c.push_str("---\n\n");
     c.push_str(&format!("# {title} on {dataset}\n\n"));

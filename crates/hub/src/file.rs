@@ -79,18 +79,18 @@ pub fn non_finite(t: &Tensor) -> Result<usize> {
         .count())
 }
 
-/// Serialises tensors (sorted by name) and metadata to safetensors bytes.
+/// Serialises tensors and metadata to safetensors bytes, byte-reproducibly (the engine's
+/// [`longtail_train::checkpoint::to_bytes`]: metadata keys sorted, tensors in a fixed order),
+/// so exporting the same run twice gives identical files.
 pub fn to_bytes(
     tensors: &BTreeMap<String, Tensor>,
     metadata: &BTreeMap<String, String>,
 ) -> Result<Vec<u8>> {
-    let meta: HashMap<String, String> = metadata.clone().into_iter().collect();
-    safetensors::serialize(tensors.iter().map(|(k, v)| (k.as_str(), v)), Some(meta)).map_err(|e| {
-        HubError::Corrupt {
+    longtail_train::checkpoint::to_bytes(tensors.iter().map(|(k, v)| (k.as_str(), v)), metadata)
+        .map_err(|e| HubError::Corrupt {
             path: PathBuf::from("<memory>"),
             reason: format!("cannot serialise: {e}"),
-        }
-    })
+        })
 }
 
 /// Writes `files` (name → bytes) as the directory `out`, atomically: they are written and

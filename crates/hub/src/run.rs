@@ -47,8 +47,9 @@ pub struct ImportOptions {
     /// `ride`, `sade` or `tlc`; default: the file's `method` metadata (`ride_baseline` reads as
     /// `ride`), else `tlc` for a TLC layout (RIDE and SADE share theirs, so they must be named).
     pub method: Option<String>,
-    /// Data set the model was trained on; default by class count: 10 → `cifar10-lt`,
-    /// 100 → `cifar100-lt`.
+    /// Data set the model was trained on; default by input channels and class count: 3-channel
+    /// 10 → `cifar10-lt`, 3-channel 100 → `cifar100-lt`, 1-channel 10 → `fmnist-lt` (anything
+    /// else must be named).
     pub dataset: Option<String>,
     /// Expected class count (an error if the classifier has another).
     pub classes: Option<usize>,
@@ -68,9 +69,10 @@ pub struct ImportedRun {
 /// preset's cosine scale.
 ///
 /// Class counts are the data set's LDAM-DRW long-tail profile at the preset's imbalance
-/// (`n_max` 5000 / 500 / 6000 for CIFAR-10 / CIFAR-100 / Fashion-MNIST; docs/ride.md §6), which
-/// the methods' priors and the many/medium/few groups need; other data sets are read from
-/// their files. Differs from official: the official checkpoints carry no class counts.
+/// (`n_max` 5000 / 500 / 6000 for CIFAR-10 / CIFAR-100 / Fashion-MNIST; docs/ride.md §6), and
+/// for the bundled `fmnist-lt` its own counts (1000 … 10), which the methods' priors and the
+/// many/medium/few groups need; other data sets are read from their files. Differs from
+/// official: the official checkpoints carry no class counts.
 pub fn import_official(
     path: &Path,
     opts: &ImportOptions,
@@ -101,14 +103,16 @@ pub fn import_official(
     let official: OfficialMethod = method.parse().map_err(|e: String| not_a_run(path, e))?;
     let imported = import_tensors(path, tensors, official, opts.classes, device)?;
     let classes = imported.config.num_classes;
-    let dataset = match (&opts.dataset, classes) {
-        (Some(d), _) => d.clone(),
-        (None, 10) => "cifar10-lt".into(),
-        (None, 100) => "cifar100-lt".into(),
-        (None, c) => {
+    let channels = imported.config.in_channels;
+    let dataset = match (&opts.dataset, channels, classes) {
+        (Some(d), _, _) => d.clone(),
+        (None, 3, 10) => "cifar10-lt".into(),
+        (None, 3, 100) => "cifar100-lt".into(),
+        (None, 1, 10) => "fmnist-lt".into(),
+        (None, ch, c) => {
             return Err(not_a_run(
                 path,
-                format!("{c} classes; say which data set the model was trained on with --dataset"),
+                format!("{ch}-channel input, {c} classes; say which data set the model was trained on with --dataset"),
             ))
         }
     };
@@ -129,6 +133,15 @@ pub fn import_official(
             ),
         ));
     }
+    if config.model.in_channels != channels {
+        return Err(not_a_run(
+            path,
+            format!(
+                "the network takes {channels}-channel images but {dataset} has {}-channel ones (a checkpoint for another data set?)",
+                config.model.in_channels
+            ),
+        ));
+    }
     let scale = config.model.scale;
     let kernels = config.model.kernels;
     config.model = imported.config.clone();
@@ -138,12 +151,13 @@ pub fn import_official(
     let n_max = match dataset.as_str() {
         "cifar10-lt" => Some(5000.0),
         "cifar100-lt" => Some(500.0),
-        "fmnist-lt" | "fmnist" => Some(6000.0),
+        "fmnist" => Some(6000.0),
         _ => None,
     };
     let class_counts = match n_max {
         Some(n) => longtail_data::profile::exponential_counts(n, classes, config.data.imbalance)
             .map_err(longtail_train::TrainError::from)?,
+        // The bundled set (fmnist-lt) and the data sets read from files: their real counts.
         None => longtail_train::load_data(&config)?.1.train.class_counts(),
     };
     let metadata = BTreeMap::from([

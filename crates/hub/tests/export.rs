@@ -188,3 +188,62 @@ fn export_never_overwrites_and_refuses_bad_runs() -> TestResult {
     assert!(e.to_string().contains("neither"), "{e}");
     Ok(())
 }
+
+/// Issue 14 case 7: the same tensors and metadata serialise to the same bytes every time (the
+/// metadata map is written sorted, not in `HashMap` order), so two exports of a run are equal.
+#[test]
+fn export_is_byte_reproducible() -> TestResult {
+    let d = tempfile::tempdir()?;
+    let run = d.path().join("run");
+    std::fs::create_dir(&run)?;
+    let meta = fake_run(&run);
+    let tensors = BTreeMap::from([
+        ("b".to_string(), crate::common::values(&[3], 1)),
+        ("a".to_string(), crate::common::values(&[2, 2], 2)),
+    ]);
+    let first = longtail_hub::file::to_bytes(&tensors, &meta)?;
+    for _ in 0..8 {
+        assert!(longtail_hub::file::to_bytes(&tensors, &meta)? == first);
+    }
+    let (a, b) = (d.path().join("a"), d.path().join("b"));
+    export_run(&run, &a, &CardOptions::default())?;
+    export_run(&run, &b, &CardOptions::default())?;
+    for f in ["model.safetensors", "config.json", "README.md"] {
+        assert!(
+            std::fs::read(a.join(f))? == std::fs::read(b.join(f))?,
+            "{f}"
+        );
+    }
+    Ok(())
+}
+
+/// Issue 14 case 8: a license that would add lines or keys to the card's YAML is refused
+/// (nothing written); metadata from the file that is not a plain word is quoted.
+#[test]
+fn the_card_front_matter_cannot_be_broken() -> TestResult {
+    let d = tempfile::tempdir()?;
+    let run = d.path().join("run");
+    std::fs::create_dir(&run)?;
+    let mut meta = fake_run(&run);
+    for license in ["mit\nfoo: bar", "mit # x", "", "a b"] {
+        let opts = CardOptions {
+            license: license.into(),
+            repo_id: None,
+        };
+        let out = d.path().join("card");
+        let e = export_run(&run, &out, &opts).unwrap_err();
+        assert!(matches!(e, HubError::BadOption { .. }), "{e}");
+        assert!(!e.to_string().contains('\n'), "{e}");
+        assert!(!out.exists());
+    }
+    for license in ["apache-2.0", "cc-by-nc-4.0", "other", "gpl-3.0+"] {
+        longtail_hub::export::check_license(license)?;
+    }
+    meta.insert("method".into(), "ride\nlicense: evil".into());
+    let card = longtail_hub::model_card(&meta, None, &CardOptions::default())?;
+    let front = card.split("\n---\n").next().unwrap();
+    assert!(front.contains("- \"ride\\nlicense: evil\""), "{front}");
+    let keys = front.lines().filter(|l| l.starts_with("license:")).count();
+    assert_eq!(keys, 1, "{front}");
+    Ok(())
+}
