@@ -430,3 +430,414 @@ fn route_trains_saves_and_reevaluates_the_stage_two_router() {
         "nowhere/router.safetensors",
     );
 }
+
+/// Writes `path` again without the tensors whose names start with `drop_prefix`, with the
+/// metadata changed by `edit`.
+fn rewrite_checkpoint(
+    path: &Path,
+    out: &Path,
+    drop_prefix: &str,
+    edit: impl FnOnce(&mut std::collections::HashMap<String, String>),
+) {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let mut meta = meta.metadata().clone().unwrap();
+    edit(&mut meta);
+    let tensors: Vec<(String, safetensors::tensor::TensorView)> = st
+        .tensors()
+        .into_iter()
+        .filter(|(n, _)| drop_prefix.is_empty() || !n.starts_with(drop_prefix))
+        .collect();
+    std::fs::write(out, safetensors::serialize(tensors, Some(meta)).unwrap()).unwrap();
+}
+
+/// Issue 14 case 1: a run folder is locked for the run's life (a second `train` or a `route`
+/// into it is refused, naming the process that holds it), and an --out that holds a run or
+/// other files is refused unless --resume or --overwrite.
+#[test]
+fn a_run_folder_is_locked_and_a_used_out_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    train_tiny(p, "ride", 1, 20, "run");
+    let me = format!("pid {}, test", std::process::id());
+    {
+        let _held = longtail::train::RunLock::acquire(&p.join("run"), "test").unwrap();
+        let o = longtail(
+            p,
+            &["train", "--config", "ride.toml", "--out", "run", "--resume"],
+        );
+        assert_fails(&o, &me);
+        assert_fails(&o, "is in use by another longtail process");
+        let o = longtail(p, &["route", "--checkpoint", "run", "--epochs", "1"]);
+        assert_fails(&o, &me);
+        assert!(!stdout(&o).contains("router epoch"), "{}", stdout(&o));
+    }
+    // Two real processes: the second names the first.
+    let mut first = Command::new(env!("CARGO_BIN_EXE_longtail"))
+        .args([
+            "train",
+            "--config",
+            "ride.toml",
+            "--epochs",
+            "200",
+            "--out",
+            "busy",
+            "--quiet",
+        ])
+        .current_dir(p)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let holder = format!("pid {}, longtail train", first.id());
+    let t0 = std::time::Instant::now();
+    while !std::fs::read_to_string(p.join("busy/.lock")).is_ok_and(|s| s.contains(&holder)) {
+        assert!(
+            t0.elapsed().as_secs() < 120,
+            "the first run never took its lock"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let second = longtail(p, &["train", "--config", "ride.toml", "--out", "busy"]);
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert_fails(&second, &holder);
+
+    // A finished run is refused without --resume or --overwrite; --overwrite replaces it.
+    assert_fails(
+        &longtail(p, &["train", "--config", "ride.toml", "--out", "run"]),
+        "run already holds a run (epoch 1 of 1): pass --resume to continue it, --overwrite to replace it",
+    );
+    assert_fails(
+        &longtail(
+            p,
+            &[
+                "train",
+                "--config",
+                "ride.toml",
+                "--out",
+                "run",
+                "--resume",
+                "--overwrite",
+            ],
+        ),
+        "cannot be used with",
+    );
+    let o = longtail(
+        p,
+        &[
+            "train",
+            "--config",
+            "ride.toml",
+            "--out",
+            "run",
+            "--overwrite",
+            "--epochs",
+            "2",
+            "--quiet",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let metrics = std::fs::read_to_string(p.join("run/metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 2, "{metrics}");
+
+    // A folder holding something else is refused; --overwrite trains into it and keeps it.
+    std::fs::create_dir(p.join("notes")).unwrap();
+    std::fs::write(p.join("notes/todo.txt"), "mine").unwrap();
+    assert_fails(
+        &longtail(p, &["train", "--config", "ride.toml", "--out", "notes"]),
+        "notes is not empty and holds no longtail run (todo.txt)",
+    );
+    assert!(!p.join("notes/config.toml").exists());
+    let o = longtail(
+        p,
+        &[
+            "train",
+            "--config",
+            "ride.toml",
+            "--out",
+            "notes",
+            "--overwrite",
+            "--quiet",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(p.join("notes/last.safetensors").exists());
+    assert_eq!(
+        std::fs::read_to_string(p.join("notes/todo.txt")).unwrap(),
+        "mine"
+    );
+}
+
+/// Issue 14 case 2: a refused resume writes nothing and lists each differing field; a
+/// checkpoint without its optimizer state cannot be resumed.
+#[test]
+fn a_refused_resume_names_each_field_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    train_tiny(p, "ride", 1, 20, "run");
+    let config = std::fs::read(p.join("run/config.toml")).unwrap();
+    let last = std::fs::read(p.join("run/last.safetensors")).unwrap();
+    let o = longtail(
+        p,
+        &[
+            "train",
+            "--config",
+            "ride.toml",
+            "--out",
+            "run",
+            "--resume",
+            "--lr",
+            "0.05",
+            "--seed",
+            "3",
+        ],
+    );
+    assert_fails(
+        &o,
+        "run was trained with another config; resume with the same settings or choose another --out: optim.lr: 0.1 in the run, 0.05 asked; seed: 0 in the run, 3 asked",
+    );
+    assert_eq!(std::fs::read(p.join("run/config.toml")).unwrap(), config);
+    assert_eq!(std::fs::read(p.join("run/last.safetensors")).unwrap(), last);
+
+    // An exported-style checkpoint (no momentum buffers) in place of the run's last one.
+    let path = p.join("run/last.safetensors");
+    rewrite_checkpoint(&path, &path, "optimizer.", |_| {});
+    assert_fails(
+        &longtail(
+            p,
+            &["train", "--config", "ride.toml", "--out", "run", "--resume"],
+        ),
+        "lacks the optimizer state: no momentum buffer",
+    );
+    assert_eq!(std::fs::read(p.join("run/config.toml")).unwrap(), config);
+}
+
+/// Issue 14 case 3: sizes are checked before anything is allocated.
+#[test]
+fn oversized_networks_are_refused_before_allocation() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    if std::path::Path::new("/proc/meminfo").exists() {
+        // 100,000 experts need terabytes on any machine: an error in well under a second of
+        // work, not a kill by the kernel.
+        let t0 = std::time::Instant::now();
+        let o = longtail(
+            p,
+            &["train", "--experts", "100000", "--out", "big", "--quiet"],
+        );
+        assert_fails(&o, "this run needs about");
+        assert_fails(&o, "100000 experts × 10 classes");
+        assert!(t0.elapsed().as_secs() < 60);
+        assert!(!p.join("big").exists());
+    }
+    // A checkpoint whose stored config says 100,000,000 classes is refused before the network
+    // is built (it would take 19 GB).
+    train_tiny(p, "ride", 1, 20, "run");
+    rewrite_checkpoint(
+        &p.join("run/last.safetensors"),
+        &p.join("huge.safetensors"),
+        "",
+        |meta| {
+            let cfg = meta["config"].replace("num_classes = 10", "num_classes = 100000000");
+            meta.insert("config".into(), cfg);
+        },
+    );
+    assert_fails(
+        &longtail(p, &["eval", "--checkpoint", "huge.safetensors"]),
+        "describes a network of",
+    );
+}
+
+/// Issue 14 case 5: every flag takes effect or is an error.
+#[test]
+fn flags_that_would_be_ignored_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    train_tiny(p, "ce", 1, 20, "run");
+    let o = longtail(p, &["train", "--data-dir", "idx", "--out", "x"]);
+    assert_fails(
+        &o,
+        "data directory idx would not be used: the data set is fmnist-lt, which is bundled and reads no files; pass --dataset with it",
+    );
+    assert!(!p.join("x").exists());
+    let help = stdout(&longtail(p, &["train", "--help"]));
+    assert!(help.contains("pass --dataset"), "{help}");
+    assert_fails(
+        &longtail(
+            p,
+            &["train", "--preset", "ride.fmnist-lt", "--dataset", "fmnist"],
+        ),
+        "cannot be used with",
+    );
+    assert_fails(
+        &longtail(
+            p,
+            &["eval", "--checkpoint", "run", "--data-dir", "/nonexistent"],
+        ),
+        "data directory /nonexistent does not exist",
+    );
+    assert_fails(
+        &longtail(
+            p,
+            &[
+                "eval",
+                "--checkpoint",
+                "run",
+                "--dataset",
+                "fmnist-lt",
+                "--data-dir",
+                "idx",
+            ],
+        ),
+        "data directory idx would not be used",
+    );
+    assert_fails(
+        &longtail(p, &["eval", "--checkpoint", "run", "--ood-data", "fmnist"]),
+        "--ood-data is for the OOD AUROC of --uncertainty",
+    );
+    assert_fails(
+        &longtail(p, &["eval", "--checkpoint", "run", "--plot-dir", "plots"]),
+        "--plot-dir draws the --test-dist or --uncertainty plots",
+    );
+    assert_fails(
+        &longtail(p, &["data", "--data-dir", "idx"]),
+        "data directory idx would not be used",
+    );
+    assert_fails(
+        &longtail(
+            p,
+            &["train", "--config", "ce.toml", "--out", "fresh", "--resume"],
+        ),
+        "nothing to resume in fresh",
+    );
+    assert!(!p.join("fresh").exists());
+}
+
+/// Issue 14 case 7: two identical runs write identical checkpoints and metrics (wall times go
+/// to timing.jsonl), and exporting them gives identical model files.
+#[test]
+fn identical_runs_write_identical_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    train_tiny(p, "ride", 2, 20, "a");
+    let o = longtail(
+        p,
+        &["train", "--config", "ride.toml", "--out", "b", "--quiet"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    for f in ["last.safetensors", "metrics.jsonl", "config.toml"] {
+        let (a, b) = (
+            std::fs::read(p.join("a").join(f)).unwrap(),
+            std::fs::read(p.join("b").join(f)).unwrap(),
+        );
+        assert!(a == b, "{f} differs between identical runs");
+    }
+    let metrics = std::fs::read_to_string(p.join("a/metrics.jsonl")).unwrap();
+    assert!(!metrics.contains("seconds") && !metrics.contains("images_per_sec"));
+    let timing = std::fs::read_to_string(p.join("a/timing.jsonl")).unwrap();
+    assert_eq!(timing.lines().count(), 2, "{timing}");
+    assert!(timing.contains("\"images_per_sec\""), "{timing}");
+    for run in ["a", "b"] {
+        let o = longtail(p, &["export", run, "--to", &format!("{run}-hub")]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    assert!(
+        std::fs::read(p.join("a-hub/model.safetensors")).unwrap()
+            == std::fs::read(p.join("b-hub/model.safetensors")).unwrap(),
+        "exported model files differ"
+    );
+}
+
+/// Issue 14 case 8: a bad config leaves no folder, an OS error is said once, a license that
+/// would break the card's YAML is refused, and `route` checks that it can write before training.
+#[test]
+fn small_failures_leave_nothing_and_say_things_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let cfg = tiny_config(p, "ride", 1, 20);
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    for (from, to, needle) in [
+        (
+            "momentum = 0.9",
+            "momentum = 2.0",
+            "optim.momentum must be at least 0 and below 1 (got 2)",
+        ),
+        (
+            "weight_decay = 0.0005",
+            "weight_decay = -1.0",
+            "optim.weight_decay must be a finite number >= 0 (got -1)",
+        ),
+    ] {
+        assert!(text.contains(from), "{text}");
+        std::fs::write(p.join("bad.toml"), text.replace(from, to)).unwrap();
+        assert_fails(
+            &longtail(p, &["train", "--config", "bad.toml", "--out", "bad"]),
+            needle,
+        );
+        assert!(!p.join("bad").exists());
+    }
+    let o = longtail(
+        p,
+        &["train", "--epochs", "1", "--out", "/proc/forbidden/run"],
+    );
+    assert_fails(&o, "/proc/forbidden/run");
+    let err = stderr(&o);
+    assert_eq!(err.matches("os error").count(), 1, "{err}");
+
+    let o = longtail(
+        p,
+        &[
+            "train",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--out",
+            "run",
+            "--quiet",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_fails(
+        &longtail(
+            p,
+            &[
+                "export",
+                "run",
+                "--to",
+                "card",
+                "--license",
+                "mit\nfoo: bar",
+            ],
+        ),
+        "invalid --license `mit\\nfoo: bar`",
+    );
+    assert!(!p.join("card").exists());
+
+    // A folder `route` cannot write into: refused before any router epoch. Root writes into a
+    // read-only folder anyway, so then a folder under /proc stands in.
+    use std::os::unix::fs::PermissionsExt;
+    let ro = p.join("ro");
+    std::fs::create_dir(&ro).unwrap();
+    std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o555)).unwrap();
+    let out = if std::fs::write(ro.join("probe"), b"").is_err() {
+        ro.to_string_lossy().into_owned()
+    } else {
+        "/proc/forbidden/route".to_string()
+    };
+    let o = longtail(
+        p,
+        &[
+            "route",
+            "--checkpoint",
+            "run",
+            "--out",
+            &out,
+            "--epochs",
+            "1",
+        ],
+    );
+    assert_fails(&o, &out);
+    assert!(!stdout(&o).contains("router epoch"), "{}", stdout(&o));
+    std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o755)).unwrap();
+}

@@ -13,8 +13,8 @@ pub struct Args {
     /// Data set: fmnist-lt (bundled), cifar10-lt, cifar100-lt, fmnist or image-list.
     #[arg(long, default_value = "fmnist-lt", value_parser = parse_dataset)]
     pub dataset: DatasetName,
-    /// Directory of the data set's files (not needed for fmnist-lt; fmnist defaults to
-    /// /usr/share/datasets/fashion-mnist).
+    /// Directory of the data set's files (fmnist defaults to /usr/share/datasets/fashion-mnist;
+    /// an error with the bundled fmnist-lt, which reads no files).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// Imbalance factor max/min of the long-tailed training subset (fmnist-lt is fixed at 100).
@@ -56,6 +56,12 @@ pub fn spec(args: &Args) -> DataSpec {
 
 /// Run `longtail data`.
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if let (Some(dir), DatasetName::FmnistLt) = (&args.data_dir, args.dataset) {
+        anyhow::bail!(
+            "data directory {} would not be used: the data set is fmnist-lt, which is bundled and reads no files; pass --dataset with it (fmnist, cifar10-lt, cifar100-lt, image-list) or drop --data-dir",
+            dir.display()
+        );
+    }
     let splits = load_splits(&spec(&args)).with_context(|| format!("loading {}", args.dataset))?;
     let train = &splits.train;
     let stats = Stats::from_counts(&train.class_counts(), args.rule);

@@ -80,6 +80,14 @@ pub fn run(args: Args) -> Result<()> {
             _ => bail!("give --out DIR for the router (the checkpoint is not a local run)"),
         },
     };
+    // router.safetensors goes into `out`, often a run folder: take its lock (no `train` or other
+    // `route` writes there meanwhile) before any training, which also checks that `out` can be
+    // written at all.
+    let _lock = if args.eval_only {
+        None
+    } else {
+        Some(longtail::train::RunLock::acquire(&out, "longtail route")?)
+    };
     let data = loaded.data()?;
     let (splits, train_tf, eval_tf) = (data.splits, data.train_transform, data.eval_transform);
     let router = if args.eval_only {

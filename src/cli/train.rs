@@ -228,20 +228,20 @@ fn pct(v: Option<f64>) -> String {
 
 fn print_summary(name: &str, s: &FitSummary, wall: f64) {
     let r = &s.test.report;
-    let ips: Vec<f64> = s.timing.iter().map(|t| t.images_per_sec).collect();
-    let mean_ips = if ips.is_empty() {
-        0.0
+    // Training speed of the epochs this process trained (none when it resumed a finished run).
+    let speed = if s.timing.is_empty() {
+        String::new()
     } else {
-        ips.iter().sum::<f64>() / ips.len() as f64
+        let mean = s.timing.iter().map(|t| t.images_per_sec).sum::<f64>() / s.timing.len() as f64;
+        format!("{mean:.0} train img/s; ")
     };
     println!(
-        "{name}: test {}% (many {} / medium {} / few {}) after {} epochs; {:.0} train img/s; {:.0}s",
+        "{name}: test {}% (many {} / medium {} / few {}) after {} epochs; {speed}{:.0}s",
         pct(Some(r.accuracy)),
         pct(r.many),
         pct(r.medium),
         pct(r.few),
         s.history.last().map_or(0, |h| h.epoch),
-        mean_ips,
         wall
     );
     if s.test.experts.len() > 1 {

@@ -36,8 +36,6 @@ fn record(epoch: usize, acc: f64) -> EpochRecord {
         medium_shot_acc: Some(0.5),
         few_shot_acc: None,
         lr: 0.1,
-        seconds: 1.0,
-        images_per_sec: 10.0,
     }
 }
 

@@ -205,6 +205,50 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
     })
 }
 
+/// What a checkpoint's header says, without its tensors' values.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Header {
+    /// String metadata.
+    pub metadata: BTreeMap<String, String>,
+    /// Every tensor's shape by name (momentum buffers under [`MOMENTUM_PREFIX`] included).
+    pub shapes: BTreeMap<String, Vec<usize>>,
+}
+
+impl Header {
+    /// The names of the parameters that have a momentum buffer.
+    pub fn momentum_names(&self) -> std::collections::BTreeSet<&str> {
+        self.shapes
+            .keys()
+            .filter_map(|k| k.strip_prefix(MOMENTUM_PREFIX))
+            .collect()
+    }
+}
+
+/// Reads a checkpoint's header (metadata and tensor shapes), checking it as [`load`] does, but
+/// decodes no tensor.
+pub fn read_header(path: &Path) -> Result<Header, TrainError> {
+    let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
+    let bad = |e: &dyn std::fmt::Display| {
+        TrainError::Checkpoint(format!(
+            "{} is not a valid safetensors file: {e}",
+            path.display()
+        ))
+    };
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(&e))?;
+    let shapes = st
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| (name, view.shape().to_vec()))
+        .collect();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(&e))?;
+    let metadata = header
+        .metadata()
+        .clone()
+        .map(|m| m.into_iter().collect())
+        .unwrap_or_default();
+    Ok(Header { metadata, shapes })
+}
+
 /// Reads a checkpoint; any safetensors file works (missing metadata reads as empty).
 pub fn load(path: &Path, device: &Device) -> Result<Checkpoint, TrainError> {
     let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;

@@ -217,7 +217,192 @@ impl RunConfig {
                 "the sequential sampler is for evaluation; train with shuffled, class-balanced or square-root".into(),
             ));
         }
+        let sgd = self.optim.sgd;
+        if !(0.0..1.0).contains(&sgd.momentum) {
+            return Err(TrainError::Config(format!(
+                "optim.momentum must be at least 0 and below 1 (got {})",
+                sgd.momentum
+            )));
+        }
+        if !(sgd.weight_decay >= 0.0 && sgd.weight_decay.is_finite()) {
+            return Err(TrainError::Config(format!(
+                "optim.weight_decay must be a finite number >= 0 (got {})",
+                sgd.weight_decay
+            )));
+        }
+        if sgd.nesterov && sgd.momentum == 0.0 {
+            return Err(TrainError::Config(
+                "optim.nesterov needs optim.momentum > 0".into(),
+            ));
+        }
         self.train_config().check()
+    }
+}
+
+/// The fields in which two run configs differ, each as `optim.lr: 0.1 in the run, 0.05 asked`
+/// (the TOML trees compared key by key, nested tables as dotted paths, in key order); `None`
+/// when either text is not a TOML table.
+pub fn config_differences(run: &str, asked: &str) -> Option<Vec<String>> {
+    let run: toml::Table = toml::from_str(run).ok()?;
+    let asked: toml::Table = toml::from_str(asked).ok()?;
+    let mut out = Vec::new();
+    diff_tables("", &run, &asked, &mut out);
+    Some(out)
+}
+
+fn diff_tables(prefix: &str, run: &toml::Table, asked: &toml::Table, out: &mut Vec<String>) {
+    let keys: std::collections::BTreeSet<&String> = run.keys().chain(asked.keys()).collect();
+    for key in keys {
+        let path = format!("{prefix}{key}");
+        match (run.get(key), asked.get(key)) {
+            (Some(toml::Value::Table(a)), Some(toml::Value::Table(b))) => {
+                diff_tables(&format!("{path}."), a, b, out)
+            }
+            (a, b) if a == b => {}
+            (a, b) => {
+                let show =
+                    |v: Option<&toml::Value>| v.map_or("not set".to_string(), |v| v.to_string());
+                out.push(format!("{path}: {} in the run, {} asked", show(a), show(b)));
+            }
+        }
+    }
+}
+
+/// How big a network is, from its config alone (nothing allocated): what the size limits of
+/// [`crate::train_run`] and [`crate::load_run`] are checked against.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SizeEstimate {
+    /// Values in the network's tensors, exactly as its `VarMap` holds them (weights, BN affine
+    /// parameters and running statistics, classifiers).
+    pub parameters: f64,
+    /// Float32 values of one image's activations that a training step keeps (every conv, BN and
+    /// ReLU output, the residual sums, the logits), roughly.
+    pub activations_per_image: f64,
+}
+
+/// Float32 copies of each conv output a training step holds at its peak (the conv, BN and ReLU
+/// outputs kept for the backward pass, less what candle frees early). Measured on
+/// `ride.fmnist-lt` (batch 128, eval batch 256, 28×28, 2026-11): 3 experts peak at 292 MB and
+/// 12 experts at 850 MB resident, 62 MB per expert; with 3 copies the estimate gives 65 MB.
+const ACTIVATION_COPIES: f64 = 3.0;
+
+impl SizeEstimate {
+    /// Estimates `model` on `height × width` images. Saturates (infinite) rather than overflows.
+    pub fn of(model: &BackboneConfig, height: usize, width: usize) -> SizeEstimate {
+        let arch = model.arch;
+        let f = |v: usize| v as f64;
+        let out = |i: usize, k: usize, s: usize, p: usize| (i + 2 * p).saturating_sub(k) / s + 1;
+        let bn = |c: usize| 4.0 * f(c);
+        let (mut params, mut acts) = (0.0f64, 0.0f64);
+        // Stem: conv (3×3 stride 1 on CIFAR, 7×7 stride 2 + max pool on ImageNet) + BN + ReLU.
+        let stem = arch.stem_width();
+        let (k, s, p) = if arch.is_cifar() {
+            (3, 1, 1)
+        } else {
+            (7, 2, 3)
+        };
+        let (mut h, mut w) = (out(height, k, s, p), out(width, k, s, p));
+        params += f(model.in_channels) * f(stem) * f(k * k) + bn(stem);
+        acts += f(stem) * f(h) * f(w);
+        if !arch.is_cifar() {
+            (h, w) = (out(h, 3, 2, 1), out(w, 3, 2, 1));
+            acts += f(stem) * f(h) * f(w) / ACTIVATION_COPIES;
+        }
+        let planes = model.planes();
+        let blocks = model.blocks();
+        // One stage from `c` channels at h × w: (parameters, activations, out channels, h, w).
+        let stage = |i: usize, mut c: usize, mut h: usize, mut w: usize| {
+            let (mut params, mut acts) = (0.0f64, 0.0f64);
+            let p = planes[i];
+            for b in 0..blocks[i] {
+                let s = if b == 0 && i > 0 { 2 } else { 1 };
+                let (oh, ow) = (out(h, 3, s, 1), out(w, 3, s, 1));
+                let px = f(oh) * f(ow);
+                if arch.is_cifar() {
+                    params += 9.0 * f(c) * f(p) + 9.0 * f(p) * f(p) + 2.0 * bn(p);
+                    // Two conv units and the residual sum.
+                    acts += 3.0 * f(p) * px;
+                    c = p;
+                } else {
+                    let (width, groups) = if arch == longtail_backbone::Arch::Resnext50 {
+                        (p * 4 / 64 * 32, 32)
+                    } else {
+                        (p, 1)
+                    };
+                    let o = p * 4;
+                    params += f(c) * f(width)
+                        + 9.0 * f(width) * f(width / groups.max(1))
+                        + f(width) * f(o)
+                        + 2.0 * bn(width)
+                        + bn(o);
+                    acts += f(width) * f(h) * f(w) + f(width) * px + 2.0 * f(o) * px;
+                    if s != 1 || c != o {
+                        params += f(c) * f(o) + bn(o);
+                        acts += f(o) * px;
+                    }
+                    c = o;
+                }
+                (h, w) = (oh, ow);
+            }
+            (params, acts, c, h, w)
+        };
+        let shared = model.shared_stages();
+        let mut c = stem;
+        for i in 0..shared {
+            let (sp, sa, nc, nh, nw) = stage(i, c, h, w);
+            params += sp;
+            acts += sa;
+            (c, h, w) = (nc, nh, nw);
+        }
+        let (mut expert_params, mut expert_acts) = (0.0f64, 0.0f64);
+        for i in shared..arch.num_stages() {
+            let (sp, sa, nc, nh, nw) = stage(i, c, h, w);
+            expert_params += sp;
+            expert_acts += sa;
+            (c, h, w) = (nc, nh, nw);
+        }
+        let classes = f(model.num_classes);
+        let dim = f(model.feature_dim());
+        expert_params += dim * classes + if model.use_norm { 0.0 } else { classes };
+        // Pooled features and logits.
+        expert_acts += (dim + classes) / ACTIVATION_COPIES;
+        let experts = f(model.num_experts);
+        SizeEstimate {
+            parameters: params + experts * expert_params,
+            activations_per_image: ACTIVATION_COPIES * (acts + experts * expert_acts),
+        }
+    }
+
+    /// Bytes of the float32 parameters alone (what evaluation needs besides activations).
+    pub fn parameter_bytes(&self) -> f64 {
+        4.0 * self.parameters
+    }
+
+    /// Bytes a training step needs at `batch` images: the parameters with their gradients,
+    /// momentum buffers and accumulated gradients (4 copies), plus the batch's activations.
+    pub fn training_bytes(&self, batch: usize) -> f64 {
+        4.0 * self.parameter_bytes() + self.activation_bytes(batch)
+    }
+
+    /// Bytes of one training batch's activations.
+    pub fn activation_bytes(&self, batch: usize) -> f64 {
+        4.0 * batch as f64 * self.activations_per_image
+    }
+}
+
+/// `bytes` for people: `812 MB`, `24.3 GB`, `5.1 TB`.
+pub fn human_bytes(bytes: f64) -> String {
+    const UNITS: [&str; 6] = ["B", "kB", "MB", "GB", "TB", "PB"];
+    let mut v = bytes;
+    let mut unit = 0;
+    while v >= 1000.0 && unit + 1 < UNITS.len() {
+        v /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 || v >= 100.0 {
+        format!("{v:.0} {}", UNITS[unit])
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
     }
 }
 
@@ -229,6 +414,22 @@ mod tests {
     #[serde(deny_unknown_fields)]
     struct Settings {
         tau: f64,
+    }
+
+    #[test]
+    fn config_differences_name_each_field_both_ways() {
+        let run = "seed = 1\n[optim]\nlr = 0.1\nepochs = 4\n[optim.schedule]\nkind = \"steps\"\n";
+        let asked = "seed = 1\n[optim]\nepochs = 4\nlr = 0.05\n[optim.schedule]\nkind = \"cosine\"\n[data]\nval_fraction = 0.2\n";
+        assert_eq!(
+            config_differences(run, asked).unwrap(),
+            [
+                "data: not set in the run, { val_fraction = 0.2 } asked",
+                "optim.lr: 0.1 in the run, 0.05 asked",
+                "optim.schedule.kind: \"steps\" in the run, \"cosine\" asked",
+            ]
+        );
+        assert_eq!(config_differences(run, run).unwrap(), Vec::<String>::new());
+        assert!(config_differences("not = [toml", run).is_none());
     }
 
     #[test]

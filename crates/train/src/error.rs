@@ -19,6 +19,21 @@ pub enum TrainError {
         /// The loss value.
         value: f32,
     },
+    /// The run folder cannot be used as asked: it holds a run (and neither `--resume` nor
+    /// `--overwrite` was given), another run (on resume), something else, or nothing to resume.
+    #[error("{0}")]
+    RunFolder(String),
+    /// Another process holds the run folder's lock.
+    #[error("{} is in use by another longtail process ({holder}): wait for it to finish or choose another --out", .dir.display())]
+    Locked {
+        /// The run folder.
+        dir: std::path::PathBuf,
+        /// Who holds it, from the lock file (`pid 1234, longtail train`).
+        holder: String,
+    },
+    /// The network (or a batch of it) cannot fit in this machine's memory.
+    #[error("{0}")]
+    TooLarge(String),
     /// A checkpoint could not be used.
     #[error("checkpoint: {0}")]
     Checkpoint(String),

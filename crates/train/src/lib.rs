@@ -23,8 +23,7 @@ mod sgd;
 pub mod trainer;
 
 pub use config::{
-    config_differences, human_bytes, DataConfig, MethodConfig, OptimConfig, RunConfig,
-    SizeEstimate,
+    config_differences, human_bytes, DataConfig, MethodConfig, OptimConfig, RunConfig, SizeEstimate,
 };
 pub use error::TrainError;
 pub use eval::{evaluate, evaluate_with, Evaluation};

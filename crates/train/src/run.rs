@@ -2,7 +2,9 @@
 //! back.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::{DType, Device};
@@ -11,8 +13,164 @@ use longtail_backbone::MultiExpert;
 use longtail_data::{load_splits, shot_groups, DataSpec, DatasetName, ShotRule, Splits, Transform};
 
 use crate::checkpoint;
-use crate::trainer::{fit, FitSummary, Progress, RunOptions, TrainData, LAST};
-use crate::{MethodKind, RunConfig, TrainError};
+use crate::config::{human_bytes, SizeEstimate};
+use crate::trainer::{
+    check_optimizer_state, check_same_config, fit, FitSummary, Progress, RunOptions, TrainData,
+    BEST, LAST, METRICS, TIMING,
+};
+use crate::{trainable_vars, MethodKind, RunConfig, TrainError};
+
+/// File name of the run config in a run folder.
+pub const CONFIG_FILE: &str = "config.toml";
+/// File name of a run folder's lock file (holds the pid of the process that last took it).
+pub const LOCK_FILE: &str = ".lock";
+/// The files a run writes into its folder: what `--overwrite` replaces. `router.safetensors` is
+/// RIDE's stage-2 router (`longtail route`), which belongs to the run it was trained on.
+pub const RUN_FILES: [&str; 6] = [
+    LAST,
+    BEST,
+    METRICS,
+    TIMING,
+    CONFIG_FILE,
+    "router.safetensors",
+];
+
+/// What [`train_run`] may do with a run folder that already holds something.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OutMode {
+    /// Start a new run: the folder must not exist, be empty, or hold only what a run killed
+    /// before its first checkpoint left.
+    #[default]
+    New,
+    /// Continue the run in the folder from its last checkpoint, with the same config.
+    Resume,
+    /// Start a new run, replacing the run files ([`RUN_FILES`]) the folder holds; other files are
+    /// left alone.
+    Overwrite,
+}
+
+/// An advisory lock on a run folder, held as long as the value lives: one process at a time
+/// trains into a folder or writes a router into it.
+///
+/// The lock is `std::fs::File::try_lock` (stable since Rust 1.89; the MSRV is 1.95) on
+/// [`LOCK_FILE`]: `flock(LOCK_EX | LOCK_NB)` on Unix, `LockFileEx` on Windows. That is what the
+/// `fs4` crate or `libc::flock` would give, without a dependency or `unsafe`. The kernel drops
+/// the lock when the process ends however it ends (kill -9 included), so a crashed run never
+/// leaves a stale lock behind; the file itself stays, naming the last holder.
+#[derive(Debug)]
+pub struct RunLock {
+    _file: File,
+    path: PathBuf,
+}
+
+impl RunLock {
+    /// Creates `dir` if needed and takes its lock, writing `pid <this process>, <what>` into the
+    /// lock file. Fails with [`TrainError::Locked`] (naming the holder) if another process holds
+    /// it, and with an I/O error naming the file if the folder cannot be written.
+    pub fn acquire(dir: &Path, what: &str) -> Result<RunLock, TrainError> {
+        std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
+        let path = dir.join(LOCK_FILE);
+        // No truncation before the lock is ours: the file names the holder.
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| TrainError::io(&path, e))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut text = String::new();
+                let _ = file.read_to_string(&mut text);
+                let holder = text.lines().next().unwrap_or("").trim();
+                return Err(TrainError::Locked {
+                    dir: dir.to_path_buf(),
+                    holder: if holder.is_empty() {
+                        "pid unknown".into()
+                    } else {
+                        holder.to_string()
+                    },
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(TrainError::io(&path, e)),
+        }
+        let line = format!("pid {}, {what}\n", std::process::id());
+        file.set_len(0)
+            .and_then(|()| file.rewind())
+            .and_then(|()| file.write_all(line.as_bytes()))
+            .and_then(|()| file.sync_all())
+            .map_err(|e| TrainError::io(&path, e))?;
+        Ok(RunLock { _file: file, path })
+    }
+
+    /// The lock file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// This machine's memory (`MemTotal` of `/proc/meminfo`) in bytes; `None` where there is no
+/// such file (other operating systems), and the size limits are not checked.
+pub fn machine_memory() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kb: f64 = line
+        .trim_start_matches("MemTotal:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024.0)
+}
+
+/// Refuses a run whose network and batches cannot fit in this machine's memory, before anything
+/// is allocated, with the estimate ([`SizeEstimate`]) in the message. Checked on the CPU only:
+/// there a run that does not fit is killed by the kernel without a word, while a GPU allocation
+/// that fails is an error.
+pub fn check_fits(
+    cfg: &RunConfig,
+    height: usize,
+    width: usize,
+    device: &Device,
+) -> Result<(), TrainError> {
+    if !device.is_cpu() {
+        return Ok(());
+    }
+    let Some(memory) = machine_memory() else {
+        return Ok(());
+    };
+    check_fits_in(cfg, height, width, memory)
+}
+
+/// [`check_fits`] against `memory` bytes.
+pub fn check_fits_in(
+    cfg: &RunConfig,
+    height: usize,
+    width: usize,
+    memory: f64,
+) -> Result<(), TrainError> {
+    let est = SizeEstimate::of(&cfg.model, height, width);
+    let batch = cfg.optim.batch_size.max(cfg.optim.eval_batch_size);
+    let params = 4.0 * est.parameter_bytes();
+    let acts = est.activation_bytes(batch);
+    let need = params + acts;
+    if need <= memory {
+        return Ok(());
+    }
+    let m = &cfg.model;
+    Err(TrainError::TooLarge(format!(
+        "this run needs about {} of memory but this machine has {} (MemTotal): {} experts × {} classes is {:.3e} parameters ({} with gradients and momentum), and a batch of {batch} {height}×{width} images {} of activations; use fewer experts or classes, narrower widths or a smaller --batch-size",
+        human_bytes(need),
+        human_bytes(memory),
+        m.num_experts,
+        m.num_classes,
+        est.parameters,
+        human_bytes(params),
+        human_bytes(acts),
+    )))
+}
 
 /// Loads the data a config names.
 pub fn load_data(cfg: &RunConfig) -> Result<(DatasetName, Splits), TrainError> {
@@ -58,20 +216,27 @@ fn to_json<T: serde::Serialize>(value: &T) -> Result<String, TrainError> {
     serde_json::to_string(value).map_err(|e| TrainError::Checkpoint(e.to_string()))
 }
 
-/// Trains `cfg` with `method` into `out` (resuming when asked) on `device`.
+/// Trains `cfg` with `method` into `out` on `device`; `mode` says what may happen to a folder
+/// that already holds something.
 ///
-/// Checks the config and the data against the network before anything is written; refuses an
-/// `out` that holds a run unless `resume`.
+/// Nothing is written before the config, the data and the size of the network are checked
+/// ([`check_fits`]). Then the folder is locked ([`RunLock`], held until training ends) and its
+/// contents checked against `mode`: a resumed run must have the same config (the error lists
+/// each differing field) and a full optimizer state; a new run needs an empty folder. Only then
+/// is `config.toml` written and [`fit`] called.
 pub fn train_run(
     cfg: &RunConfig,
     method: &dyn MethodKind,
     out: &Path,
-    resume: bool,
+    mode: OutMode,
     progress: Progress,
     device: &Device,
 ) -> Result<FitSummary, TrainError> {
     cfg.check_common()?;
     method.check(cfg)?;
+    if mode == OutMode::Resume && !out.join(LAST).is_file() {
+        return Err(nothing_to_resume(out));
+    }
     let (name, splits) = load_data(cfg)?;
     if splits.train.num_classes != cfg.model.num_classes {
         return Err(TrainError::Config(format!(
@@ -85,19 +250,32 @@ pub fn train_run(
             cfg.data.dataset, splits.train.channels, cfg.model.in_channels
         )));
     }
+    check_fits(cfg, splits.train.height, splits.train.width, device)?;
     let counts = splits.train.class_counts();
-    let (varmap, model) = MultiExpert::seeded(&cfg.model, cfg.seed, device)?;
-    let mut objective = method.build(cfg, &counts, device)?;
-    let (train_transform, eval_transform) = transforms(cfg, name);
+    let config_text = cfg.to_toml()?;
     let meta = metadata(cfg, &splits)?;
-    if !resume && out.join(LAST).exists() {
-        return Err(TrainError::Config(format!(
-            "{} already holds a run: pass --resume to continue it, or choose another --out",
-            out.display()
-        )));
-    }
-    std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
-    checkpoint::write_atomic(&out.join("config.toml"), cfg.to_toml()?.as_bytes())?;
+    let created = !out.exists();
+    let lock = RunLock::acquire(out, "longtail train")?;
+    let prepared = (|| {
+        let (varmap, model) = MultiExpert::seeded(&cfg.model, cfg.seed, device)?;
+        let objective = method.build(cfg, &counts, device)?;
+        prepare_folder(out, cfg, &config_text, mode, &varmap)?;
+        Ok::<_, TrainError>((varmap, model, objective))
+    })();
+    let (varmap, model, mut objective) = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            if created {
+                // Leave no folder behind that this call made and wrote nothing into.
+                drop(lock);
+                let _ = std::fs::remove_file(out.join(LOCK_FILE));
+                let _ = std::fs::remove_dir(out);
+            }
+            return Err(e);
+        }
+    };
+    checkpoint::write_atomic(&out.join(CONFIG_FILE), config_text.as_bytes())?;
+    let (train_transform, eval_transform) = transforms(cfg, name);
     let data = TrainData {
         shots: shot_groups(&counts, ShotRule::Ride),
         train: Arc::new(splits.train),
@@ -108,19 +286,125 @@ pub fn train_run(
     };
     let opts = RunOptions {
         out_dir: out.to_path_buf(),
-        resume,
+        resume: mode == OutMode::Resume,
         metadata: meta,
         progress,
         device: device.clone(),
     };
-    fit(
+    let summary = fit(
         &model,
         &varmap,
         objective.as_mut(),
         &data,
         &cfg.train_config(),
         &opts,
-    )
+    );
+    drop(lock);
+    summary
+}
+
+fn nothing_to_resume(out: &Path) -> TrainError {
+    TrainError::RunFolder(format!(
+        "nothing to resume in {}: it holds no {LAST} (no epoch of a run finished there); drop --resume to start a new run",
+        out.display()
+    ))
+}
+
+/// Checks the locked folder `out` against `mode` (see [`train_run`]); with
+/// [`OutMode::Overwrite`], removes the old run's files.
+fn prepare_folder(
+    out: &Path,
+    cfg: &RunConfig,
+    config_text: &str,
+    mode: OutMode,
+    varmap: &VarMap,
+) -> Result<(), TrainError> {
+    let last = out.join(LAST);
+    match mode {
+        OutMode::Resume => {
+            if !last.is_file() {
+                return Err(nothing_to_resume(out));
+            }
+            let header = checkpoint::read_header(&last)?;
+            check_same_config(&header.metadata, Some(config_text), out)?;
+            let epoch = match header.metadata.get("epoch") {
+                None => 0,
+                Some(e) => e.parse().map_err(|_| {
+                    TrainError::Checkpoint(format!(
+                        "{}: metadata `epoch` is not a number: `{e}`",
+                        last.display()
+                    ))
+                })?,
+            };
+            let trainable: Vec<String> =
+                trainable_vars(varmap).into_iter().map(|(n, _)| n).collect();
+            let have = header.momentum_names();
+            check_optimizer_state(
+                &trainable,
+                |n| have.contains(n),
+                cfg.optim.sgd.momentum,
+                epoch,
+                &last,
+            )
+        }
+        OutMode::New => {
+            if last.exists() {
+                let at = checkpoint::read_header(&last).ok().and_then(|h| {
+                    let epoch = h.metadata.get("epoch")?.clone();
+                    let total = RunConfig::from_toml(h.metadata.get("config")?)
+                        .ok()?
+                        .optim
+                        .epochs;
+                    Some(format!(" (epoch {epoch} of {total})"))
+                });
+                return Err(TrainError::RunFolder(format!(
+                    "{} already holds a run{}: pass --resume to continue it, --overwrite to replace it, or choose another --out",
+                    out.display(),
+                    at.unwrap_or_default()
+                )));
+            }
+            let foreign = foreign_entries(out)?;
+            if !foreign.is_empty() {
+                let shown: Vec<&str> = foreign.iter().take(5).map(String::as_str).collect();
+                return Err(TrainError::RunFolder(format!(
+                    "{} is not empty and holds no longtail run ({}{}): choose another --out, or pass --overwrite to train into it (its other files are kept)",
+                    out.display(),
+                    shown.join(", "),
+                    if foreign.len() > 5 { ", …" } else { "" }
+                )));
+            }
+            Ok(())
+        }
+        OutMode::Overwrite => {
+            for f in RUN_FILES {
+                let p = out.join(f);
+                match std::fs::remove_file(&p) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(TrainError::io(p, e)),
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The names in `dir` that no run writes: not a [`RUN_FILES`] entry, the lock, or a hidden
+/// temporary file of an atomic write (`.NAME.tmp`).
+fn foreign_entries(dir: &Path) -> Result<Vec<String>, TrainError> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| TrainError::io(dir, e))? {
+        let entry = entry.map_err(|e| TrainError::io(dir, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let ours = RUN_FILES.contains(&name.as_str())
+            || name == LOCK_FILE
+            || (name.starts_with('.') && name.ends_with(".tmp"));
+        if !ours {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
 }
 
 /// A trained model read back from a checkpoint.
@@ -188,6 +472,20 @@ pub fn load_run(path: &Path, device: &Device) -> Result<LoadedRun, TrainError> {
             )))
         }
     };
+    // The config decides what is allocated: check it against what the file holds first, so a
+    // config edited to 100,000,000 classes is an error rather than a 19 GB allocation.
+    let model_cfg = config.model.clone().check()?;
+    let needed = SizeEstimate::of(&model_cfg, 1, 1).parameters;
+    let held: f64 = ck.tensors.values().map(|t| t.elem_count() as f64).sum();
+    if needed > held {
+        return Err(TrainError::Checkpoint(format!(
+            "the config stored in {} describes a network of {needed:.0} values ({} experts, {} classes, {} as float32), but the file holds {held:.0}: the config does not belong to these weights",
+            path.display(),
+            model_cfg.num_experts,
+            model_cfg.num_classes,
+            human_bytes(4.0 * needed)
+        )));
+    }
     let varmap = VarMap::new();
     let model = MultiExpert::new(
         &config.model,

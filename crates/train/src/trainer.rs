@@ -12,7 +12,8 @@ use longtail_backbone::MultiExpert;
 use longtail_data::{Batcher, Dataset, SamplerKind, Shot, Transform};
 use serde::Serialize;
 
-use crate::checkpoint::{self, Checkpoint};
+use crate::checkpoint::{self, MOMENTUM_PREFIX};
+use crate::config::config_differences;
 use crate::eval::{evaluate, Evaluation};
 use crate::{LrSchedule, Method, Sgd, SgdConfig, TrainError};
 use longtail_backbone::trainable_vars;
@@ -21,8 +22,12 @@ use longtail_backbone::trainable_vars;
 pub const LAST: &str = "last.safetensors";
 /// File name of the checkpoint with the best validation accuracy (only with a validation split).
 pub const BEST: &str = "best.safetensors";
-/// File name of the per-epoch metrics (JSON lines).
+/// File name of the per-epoch metrics (JSON lines): deterministic values only, so identical
+/// runs write identical bytes.
 pub const METRICS: &str = "metrics.jsonl";
+/// File name of the per-epoch wall times (JSON lines of [`EpochTiming`]), kept apart from
+/// [`METRICS`] because they differ from one run to the next.
+pub const TIMING: &str = "timing.jsonl";
 
 /// Optimisation settings of a run.
 #[derive(Clone, Debug, PartialEq)]
@@ -135,6 +140,14 @@ pub struct EpochRecord {
     pub few_shot_acc: Option<f64>,
     /// Learning rate of the epoch.
     pub lr: f64,
+}
+
+/// One line of `timing.jsonl`: how long an epoch took (not reproducible, so not in
+/// `metrics.jsonl`).
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
+pub struct EpochTiming {
+    /// 1-based epoch.
+    pub epoch: usize,
     /// Wall time of the epoch (training and evaluation).
     pub seconds: f64,
     /// Training images per second.
@@ -150,6 +163,8 @@ pub struct FitSummary {
     pub test: Evaluation,
     /// The epoch the run resumed after (0 for a fresh run).
     pub resumed_from: usize,
+    /// Wall times of the epochs this call trained (none when it resumed a finished run).
+    pub timing: Vec<EpochTiming>,
 }
 
 /// Trains `model` (whose weights live in `varmap`) with `objective`, writing a checkpoint after
@@ -174,15 +189,33 @@ pub fn fit(
     let mut history: Vec<EpochRecord> = vec![];
     let mut best_val = f64::NEG_INFINITY;
     let mut start_epoch = 1;
+    if opts.resume && !last.exists() {
+        return Err(TrainError::RunFolder(format!(
+            "nothing to resume in {}: it holds no {LAST}; drop --resume to start a new run",
+            out.display()
+        )));
+    }
     if last.exists() {
         if !opts.resume {
-            return Err(TrainError::Config(format!(
+            return Err(TrainError::RunFolder(format!(
                 "{} already holds a run: pass --resume to continue it, or choose another --out",
                 out.display()
             )));
         }
         let ck = checkpoint::load(&last, &opts.device)?;
-        check_same_config(&ck, &opts.metadata, out)?;
+        check_same_config(
+            &ck.metadata,
+            opts.metadata.get("config").map(String::as_str),
+            out,
+        )?;
+        let trainable: Vec<String> = opt.params().iter().map(|(n, _)| n.clone()).collect();
+        check_optimizer_state(
+            &trainable,
+            |n| ck.momentum.contains_key(n),
+            cfg.sgd.momentum,
+            ck.epoch()?,
+            &last,
+        )?;
         ck.restore_into(varmap)?;
         opt.load_state(ck.momentum.clone())?;
         start_epoch = ck.epoch()? + 1;
@@ -198,10 +231,18 @@ pub fn fit(
             .filter(|r| r.epoch < start_epoch)
             .collect();
         rewrite_history(&out.join(METRICS), &history)?;
-    } else if out.join(METRICS).exists() {
+        let timing: Vec<EpochTiming> = read_lines(&out.join(TIMING))?
+            .into_iter()
+            .filter(|t: &EpochTiming| t.epoch < start_epoch)
+            .collect();
+        rewrite_lines(&out.join(TIMING), &timing)?;
+    } else {
         // A run killed before its first checkpoint: start over cleanly.
-        std::fs::remove_file(out.join(METRICS))
-            .map_err(|e| TrainError::io(out.join(METRICS), e))?;
+        for f in [METRICS, TIMING] {
+            if out.join(f).exists() {
+                std::fs::remove_file(out.join(f)).map_err(|e| TrainError::io(out.join(f), e))?;
+            }
+        }
     }
     let resumed_from = start_epoch - 1;
     if resumed_from >= cfg.epochs {
@@ -218,10 +259,12 @@ pub fn fit(
             history,
             test,
             resumed_from,
+            timing: vec![],
         });
     }
     let mut progress = EpochProgress::new(opts.progress);
     let mut last_test = None;
+    let mut timing = vec![];
     for epoch in start_epoch..=cfg.epochs {
         let t0 = Instant::now();
         objective.begin_epoch(epoch)?;
@@ -295,6 +338,9 @@ pub fn fit(
             medium_shot_acc: test.report.medium,
             few_shot_acc: test.report.few,
             lr,
+        };
+        let time = EpochTiming {
+            epoch,
             seconds: t0.elapsed().as_secs_f64(),
             images_per_sec: seen as f64 / train_secs.max(1e-9),
         };
@@ -311,9 +357,11 @@ pub fn fit(
         if improved {
             checkpoint::save(&out.join(BEST), varmap, None, &meta)?;
         }
-        append_record(&out.join(METRICS), &record)?;
-        progress.epoch_line(&record);
+        append_line(&out.join(METRICS), &record)?;
+        append_line(&out.join(TIMING), &time)?;
+        progress.epoch_line(&record, &time);
         history.push(record);
+        timing.push(time);
         last_test = Some(test);
     }
     let test = last_test.expect("at least one epoch ran");
@@ -321,6 +369,7 @@ pub fn fit(
         history,
         test,
         resumed_from,
+        timing,
     })
 }
 
@@ -422,23 +471,63 @@ pub fn train_epoch(
     })
 }
 
-fn check_same_config(
-    ck: &Checkpoint,
-    meta: &BTreeMap<String, String>,
+/// Refuses to resume the run in `out` (checkpoint metadata `run`) with the config `asked`: the
+/// error lists each field that differs (`optim.lr: 0.1 in the run, 0.05 asked`).
+pub(crate) fn check_same_config(
+    run: &BTreeMap<String, String>,
+    asked: Option<&str>,
     out: &Path,
 ) -> Result<(), TrainError> {
-    if let (Some(a), Some(b)) = (ck.metadata.get("config"), meta.get("config")) {
-        if a != b {
-            return Err(TrainError::Config(format!(
-                "{} was trained with another config; resume with the same settings (see its config.toml) or choose another --out",
-                out.display()
-            )));
-        }
+    let (Some(a), Some(b)) = (run.get("config"), asked) else {
+        return Ok(());
+    };
+    if a == b {
+        return Ok(());
     }
-    Ok(())
+    let fields = match config_differences(a, b) {
+        Some(d) if d.is_empty() => return Ok(()),
+        Some(d) => d.join("; "),
+        None => "see its config.toml".into(),
+    };
+    Err(TrainError::RunFolder(format!(
+        "{} was trained with another config; resume with the same settings or choose another --out: {fields}",
+        out.display()
+    )))
 }
 
-fn append_record(path: &Path, r: &EpochRecord) -> Result<(), TrainError> {
+/// Refuses to resume from the checkpoint `last` when it lacks the momentum buffer of a trainable
+/// parameter (`has`) while SGD uses momentum: the run would go on from zero momentum and end
+/// elsewhere than the uninterrupted one.
+pub(crate) fn check_optimizer_state(
+    trainable: &[String],
+    has: impl Fn(&str) -> bool,
+    momentum: f64,
+    epoch: usize,
+    last: &Path,
+) -> Result<(), TrainError> {
+    if momentum == 0.0 || epoch == 0 {
+        return Ok(());
+    }
+    let missing: Vec<&str> = trainable
+        .iter()
+        .map(String::as_str)
+        .filter(|n| !has(n))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let shown: Vec<&str> = missing.iter().take(3).copied().collect();
+    Err(TrainError::Checkpoint(format!(
+        "{} lacks the optimizer state: no momentum buffer ({MOMENTUM_PREFIX}NAME) for {} of the {} trainable parameters ({}{}), so resuming with momentum {momentum} would not continue the run; resume from a checkpoint `longtail train` wrote (exported and imported models carry no optimizer state), or start a new run",
+        last.display(),
+        missing.len(),
+        trainable.len(),
+        shown.join(", "),
+        if missing.len() > shown.len() { ", …" } else { "" }
+    )))
+}
+
+fn append_line<T: Serialize>(path: &Path, r: &T) -> Result<(), TrainError> {
     let line = serde_json::to_string(r).map_err(|e| TrainError::Checkpoint(e.to_string()))?;
     let mut f = std::fs::OpenOptions::new()
         .create(true)
@@ -471,7 +560,24 @@ pub fn read_history(path: &Path) -> Result<Vec<EpochRecord>, TrainError> {
         .collect()
 }
 
+/// Reads `timing.jsonl`-style lines of `T`: a missing file is empty, and a line that does not
+/// parse (cut short by a crash) is dropped.
+fn read_lines<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>, TrainError> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => Ok(t
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(vec![]),
+        Err(e) => Err(TrainError::io(path, e)),
+    }
+}
+
 fn rewrite_history(path: &Path, history: &[EpochRecord]) -> Result<(), TrainError> {
+    rewrite_lines(path, history)
+}
+
+fn rewrite_lines<T: Serialize>(path: &Path, history: &[T]) -> Result<(), TrainError> {
     let mut text = String::new();
     for r in history {
         text.push_str(
@@ -528,7 +634,7 @@ impl EpochProgress {
         }
     }
 
-    fn epoch_line(&self, r: &EpochRecord) {
+    fn epoch_line(&self, r: &EpochRecord, t: &EpochTiming) {
         if self.mode == Progress::Quiet {
             return;
         }
@@ -544,8 +650,8 @@ impl EpochProgress {
             pct(r.medium_shot_acc),
             pct(r.few_shot_acc),
             r.lr,
-            r.images_per_sec,
-            r.seconds
+            t.images_per_sec,
+            t.seconds
         );
     }
 }

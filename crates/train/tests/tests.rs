@@ -1,8 +1,10 @@
 //! Training-loop tests on tiny synthetic data: learning, bit-identical resume, NaN stop; and,
-//! as modules, byte-reproducible checkpoints and checkpoint-reading fuzz tests.
+//! as modules, byte-reproducible checkpoints, checkpoint-reading fuzz tests, and run folders
+//! (lock, resume checks) and size limits.
 
 mod checkpoint_bytes;
 mod fuzz;
+mod run_folder;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
