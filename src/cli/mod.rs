@@ -45,8 +45,34 @@ pub enum Command {
     Bench(bench::Args),
 }
 
-/// Run the parsed command.
+/// Run the parsed command. A failure comes back as one message (see [`one_message`]).
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    dispatch(cli).map_err(one_message)
+}
+
+/// An error and its causes as one message, each cause joined with `: ` unless the text so far
+/// already says it.
+///
+/// Most error types here print their cause in their own message (`{path}: {source}`) *and*
+/// return it as `source()`, so printing the chain (`{:#}`) said the OS error two or three times
+/// (`/proc/x: No such file or directory (os error 2): No such file or directory (os error 2)`).
+pub fn one_message(e: anyhow::Error) -> anyhow::Error {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        let part = part.trim();
+        if part.is_empty() || text.contains(part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(part);
+    }
+    anyhow::anyhow!(text)
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Data(args) => data::run(args),
         Command::Train(args) => train::run(args),
