@@ -8,6 +8,7 @@ pub mod eval;
 pub mod eval_shift;
 pub mod eval_uncertainty;
 pub mod export;
+pub mod heads;
 pub mod import;
 pub mod presets;
 pub mod pull;
@@ -43,6 +44,8 @@ pub enum Command {
     Route(route::Args),
     /// Measure training speed on this CPU: our kernels vs candle's stock ops (`bench train`).
     Bench(bench::Args),
+    /// Train multi-expert heads on a frozen foundation trunk's cached features (ViT, CLIP, DINOv2).
+    Heads(heads::Args),
 }
 
 /// Run the parsed command. A failure comes back as one message (see [`one_message`]).
@@ -83,5 +86,6 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Import(args) => import::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Route(args) => route::run(args),
+        Command::Heads(args) => heads::run(args),
     }
 }
