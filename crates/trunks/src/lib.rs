@@ -57,7 +57,7 @@ pub use heads::{
     HeadClassifier, HeadsConfig, HeadsEpoch, HeadsFit, LoadedHeads,
 };
 pub use preprocess::{Preprocess, Resample, Resize};
-pub use source::{locate, HubOptions, TrunkFiles, TrunkRef};
+pub use source::{alias, locate, HubOptions, TrunkFiles, TrunkRef, ALIASES};
 pub use vit::Vit;
 
 use weights::Weights;

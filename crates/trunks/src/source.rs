@@ -99,6 +99,23 @@ impl fmt::Display for TrunkRef {
     }
 }
 
+/// Short names of the usual trunks, for preset names (`ride.cifar100-lt.clip-b16`) and
+/// `--backbone`: `(alias, hf:// reference)`.
+pub const ALIASES: &[(&str, &str)] = &[
+    ("vit-b16", "hf://google/vit-base-patch16-224-in21k"),
+    ("vit-l16", "hf://google/vit-large-patch16-224-in21k"),
+    ("clip-b16", "hf://openai/clip-vit-base-patch16"),
+    ("clip-l14", "hf://openai/clip-vit-large-patch14"),
+    ("dinov2-s", "hf://facebook/dinov2-small"),
+    ("dinov2-b", "hf://facebook/dinov2-base"),
+    ("dinov2-l", "hf://facebook/dinov2-large"),
+];
+
+/// The `hf://` reference of an alias of [`ALIASES`] (`dinov2-s` → `hf://facebook/dinov2-small`).
+pub fn alias(name: &str) -> Option<&'static str> {
+    ALIASES.iter().find(|(a, _)| *a == name).map(|(_, r)| *r)
+}
+
 /// The files of a trunk on this machine, and what identifies them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TrunkFiles {
