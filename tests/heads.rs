@@ -179,3 +179,47 @@ fn a_trunk_alias_in_the_preset_name_and_missing_trunks_are_clean_errors() {
     );
     assert_fails(&o, "3");
 }
+
+/// The command form: `train --preset … --backbone …` is `heads --backbone …` (same
+/// heads, same cache), and a flag `heads` cannot honour is refused.
+#[test]
+fn train_with_a_backbone_trains_heads_on_the_trunk() {
+    let d = tempfile::tempdir().unwrap();
+    let trunk = trunk_folder(d.path());
+    let trunk = trunk.to_str().unwrap();
+    let o = longtail(
+        d.path(),
+        &[
+            "train",
+            "--preset",
+            "tlc.fmnist-lt",
+            "--backbone",
+            trunk,
+            "--epochs",
+            "3",
+            "--out",
+            "tlc",
+            "--quiet",
+            "--device",
+            "cpu",
+        ],
+    );
+    let (out, err) = (stdout(&o), stderr(&o));
+    assert!(o.status.success(), "stdout: {out}\nstderr: {err}");
+    assert_eq!(row(&out, "tlc (3 experts)").len(), 4, "{out}");
+    let saved =
+        longtail_trunks::load_heads(&d.path().join("tlc/heads.safetensors"), &Device::Cpu).unwrap();
+    assert!(saved.metadata["config"].contains("name = \"tlc\""));
+    let o = longtail(
+        d.path(),
+        &[
+            "train",
+            "--backbone",
+            trunk,
+            "--compare-ce",
+            "--device",
+            "cpu",
+        ],
+    );
+    assert_fails(&o, "--compare-ce");
+}

@@ -72,6 +72,12 @@ pub struct Args {
     /// and a GPU answers, else CPU).
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// Train multi-expert heads on a frozen foundation trunk instead of a ResNet: a local folder,
+    /// hf://owner/name[@revision] or an alias (vit-b16, clip-b16, dinov2-s, …). Exactly
+    /// `longtail heads --backbone …` with the method's preset (see `longtail heads --help` for
+    /// the head options).
+    #[arg(long, conflicts_with_all = ["config", "resume", "overwrite", "compare_ce", "val_fraction"])]
+    pub backbone: Option<String>,
 }
 
 /// Builds the run config from the arguments; reads no data.
@@ -132,6 +138,9 @@ pub fn resolve(args: &Args) -> Result<RunConfig> {
 
 /// Run `longtail train`.
 pub fn run(args: Args) -> Result<()> {
+    if let Some(backbone) = &args.backbone {
+        return super::heads::run(heads_args(&args, backbone));
+    }
     let cfg = resolve(&args)?;
     let name = cfg
         .preset
@@ -252,5 +261,39 @@ fn print_summary(name: &str, s: &FitSummary, wall: f64) {
             .map(|e| pct(Some(e.accuracy)))
             .collect();
         println!("  each expert alone: {}%", each.join("%, "));
+    }
+}
+
+/// `train --backbone …` as `heads --backbone …`: the preset (or `<method>.<dataset>`), data and
+/// optimisation flags carry over; the head options keep their defaults.
+fn heads_args(args: &Args, backbone: &str) -> super::heads::Args {
+    let preset = args.preset.clone().unwrap_or_else(|| {
+        format!(
+            "{}.{}",
+            args.method.as_deref().unwrap_or("ride"),
+            args.dataset.as_deref().unwrap_or("fmnist-lt")
+        )
+    });
+    super::heads::Args {
+        backbone: Some(backbone.to_string()),
+        preset: Some(preset),
+        dataset: None,
+        data_dir: args.data_dir.clone(),
+        imbalance: args.imbalance,
+        experts: args.experts,
+        epochs: args.epochs,
+        batch_size: args.batch_size,
+        lr: args.lr,
+        seed: args.seed,
+        classifier: None,
+        adapter: None,
+        no_standardize: false,
+        features: "pooled".into(),
+        cache_dir: "runs/feature-cache".into(),
+        extract_batch: 64,
+        out: args.out.clone(),
+        test_time: false,
+        quiet: args.quiet,
+        device: args.device.clone(),
     }
 }
