@@ -8,10 +8,9 @@
 //! while parsing (measured by this binary's global allocator, per thread) must stay within a
 //! bound tied to the input size. A failure names the case number to replay.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
+
+use longtail_fixtures::fuzz::{env_or, largest_during as run, Largest};
 
 use longtail_data::load::{load_splits_with, LoadOptions};
 use longtail_data::readers::cifar::{parse_cifar, CifarKind, CifarRecords};
@@ -29,13 +28,6 @@ const CASES: usize = 400;
 /// The fixed seed; each format mixes in its own salt. `LONGTAIL_FUZZ_SEED` overrides it.
 const SEED: u64 = 0x1415_F022;
 
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn cases() -> usize {
     env_or("LONGTAIL_FUZZ_CASES", CASES)
 }
@@ -44,53 +36,8 @@ fn seed() -> u64 {
     env_or("LONGTAIL_FUZZ_SEED", SEED)
 }
 
-// ---- The largest single allocation, per thread ----------------------------------------------
-
-/// The system allocator, noting the largest block each thread asks for.
-struct Largest;
-
-thread_local! {
-    static LARGEST: Cell<usize> = const { Cell::new(0) };
-}
-
-fn note(size: usize) {
-    let _ = LARGEST.try_with(|c| {
-        if size > c.get() {
-            c.set(size);
-        }
-    });
-}
-
-// SAFETY: every call forwards to `System` with the caller's arguments; `note` only touches a
-// const-initialised thread-local `Cell<usize>`, which neither allocates nor unwinds.
-unsafe impl GlobalAlloc for Largest {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note(layout.size());
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note(layout.size());
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note(new_size);
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
 static ALLOCATOR: Largest = Largest;
-
-/// Runs `f` on this thread, catching a panic; returns its result (`None` on a panic) and the
-/// largest single allocation it made.
-fn run<T>(f: impl FnOnce() -> T) -> (Option<T>, usize) {
-    LARGEST.with(|c| c.set(0));
-    let r = catch_unwind(AssertUnwindSafe(f)).ok();
-    (r, LARGEST.with(|c| c.get()))
-}
 
 /// Slack for fixed-size allocations (paths, error messages, small vectors).
 const SLACK: usize = 64 << 10;

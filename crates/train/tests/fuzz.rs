@@ -8,13 +8,11 @@
 //! (measured by this binary's global allocator, per thread) stays within a bound tied to the
 //! file size.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::collections::BTreeMap;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{Init, VarMap};
+use longtail_fixtures::fuzz::{env_or, largest_during, Largest};
 use longtail_train::checkpoint;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -23,50 +21,6 @@ use rand_chacha::ChaCha8Rng;
 const CASES: usize = 400;
 /// The fixed seed; `LONGTAIL_FUZZ_SEED` overrides it.
 const SEED: u64 = 0x1415_C4EC;
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-// ---- The largest single allocation, per thread ----------------------------------------------
-
-/// The system allocator, noting the largest block each thread asks for.
-struct Largest;
-
-thread_local! {
-    static LARGEST: Cell<usize> = const { Cell::new(0) };
-}
-
-fn note(size: usize) {
-    let _ = LARGEST.try_with(|c| {
-        if size > c.get() {
-            c.set(size);
-        }
-    });
-}
-
-// SAFETY: every call forwards to `System` with the caller's arguments; `note` only touches a
-// const-initialised thread-local `Cell<usize>`, which neither allocates nor unwinds.
-unsafe impl GlobalAlloc for Largest {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note(layout.size());
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note(layout.size());
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note(new_size);
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
 
 #[global_allocator]
 static ALLOCATOR: Largest = Largest;
@@ -234,8 +188,7 @@ fn checkpoint_load_never_panics_and_stays_bounded() {
     for case in 0..cases {
         let bytes = mutate(&mut rng, &valid);
         std::fs::write(&path, &bytes).unwrap();
-        LARGEST.with(|c| c.set(0));
-        let r = catch_unwind(AssertUnwindSafe(|| {
+        let (r, largest) = largest_during(|| {
             checkpoint::load(&path, &Device::Cpu).map(|ck| {
                 let all = ck.tensors.values().chain(ck.momentum.values());
                 let data: usize = all
@@ -244,11 +197,10 @@ fn checkpoint_load_never_panics_and_stays_bounded() {
                 let epoch = ck.epoch().ok();
                 (data, epoch)
             })
-        }));
-        let largest = LARGEST.with(|c| c.get());
+        });
         match r {
-            Err(_) => failures.push(format!("case {case}: panic on {} bytes", bytes.len())),
-            Ok(Ok((data, _))) => {
+            None => failures.push(format!("case {case}: panic on {} bytes", bytes.len())),
+            Some(Ok((data, _))) => {
                 loaded += 1;
                 if data > bytes.len() {
                     failures.push(format!(
@@ -257,7 +209,7 @@ fn checkpoint_load_never_panics_and_stays_bounded() {
                     ));
                 }
             }
-            Ok(Err(_)) => {}
+            Some(Err(_)) => {}
         }
         // The file itself, plus at most f32 copies of each tensor for the finiteness check
         // (8 bytes per 1-byte element at worst, counting the flattened copy).
