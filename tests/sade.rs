@@ -221,6 +221,12 @@ fn ride_checkpoint_gets_table_and_plot() {
     let png = std::fs::read(plots.join("test_dist.png")).unwrap();
     assert_eq!(&png[1..4], b"PNG");
     assert!(png.len() > 10_000, "{} bytes", png.len());
+    // Issue 14 case 8: the settings line prints values, never a Rust `Some(…)`.
+    let err = stderr(&o);
+    assert!(
+        err.contains("stop when a weight rounds below 0.05") && !err.contains("Some("),
+        "{err}"
+    );
 }
 
 #[test]

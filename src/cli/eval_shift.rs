@@ -21,14 +21,16 @@ pub fn run(args: &Args, ctx: &EvalContext) -> Result<()> {
     let config = ShiftConfig::for_run(&ctx.config, oh, ow)?;
     let agg = config.aggregator;
     eprintln!(
-        "test-time aggregation: lr {} wd {} momentum {}{} batch {} epochs <= {} stop below {:?}; blur p {}",
+        "test-time aggregation: lr {} wd {} momentum {}{} batch {} epochs <= {}{}; blur p {}",
         agg.sgd.lr,
         agg.sgd.weight_decay,
         agg.sgd.momentum,
         if agg.sgd.nesterov { " nesterov" } else { "" },
         agg.batch_size,
         agg.max_epochs,
-        agg.stop_below,
+        agg.stop_below.map_or(String::new(), |w| format!(
+            ", stop when a weight rounds below {w}"
+        )),
         config.strong.blur_probability
     );
     let evaluator = ShiftEvaluator::new(
