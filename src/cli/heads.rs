@@ -18,6 +18,8 @@ use longtail::data::{shot_groups, Dataset, ShotRule};
 use longtail::metrics::{classification_report, ClassificationReport};
 use longtail::registry::{self, preset};
 use longtail::sade::shift::ShiftConfig;
+
+use super::recipe::RecipeFlags;
 use longtail::train::checkpoint::write_atomic;
 use longtail::train::device::device_announced;
 use longtail::train::{load_data, Evaluation, RunConfig};
@@ -51,24 +53,9 @@ pub struct Args {
     /// Directory of the data files (not for the bundled fmnist-lt).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Imbalance factor of the long-tailed training subset.
-    #[arg(long)]
-    pub imbalance: Option<f64>,
-    /// Number of experts (heads).
-    #[arg(long)]
-    pub experts: Option<usize>,
-    /// Epochs.
-    #[arg(long)]
-    pub epochs: Option<usize>,
-    /// Batch size.
-    #[arg(long)]
-    pub batch_size: Option<usize>,
-    /// Base learning rate.
-    #[arg(long)]
-    pub lr: Option<f64>,
-    /// Seed of the heads' weights and the data order.
-    #[arg(long)]
-    pub seed: Option<u64>,
+    /// Overrides of the preset's numbers (`--experts` is the number of heads).
+    #[command(flatten)]
+    pub recipe: RecipeFlags,
     /// Each expert's classifier: cosine (scale from the preset) or linear; default: the preset's.
     #[arg(long, value_parser = ["cosine", "linear"])]
     pub classifier: Option<String>,
@@ -136,24 +123,7 @@ pub fn resolve(args: &Args) -> Result<(RunConfig, String)> {
     if let Some(d) = &args.data_dir {
         cfg.data.data_dir = Some(d.clone());
     }
-    if let Some(v) = args.imbalance {
-        cfg.data.imbalance = v;
-    }
-    if let Some(e) = args.experts {
-        cfg.model.num_experts = e;
-    }
-    if let Some(v) = args.epochs {
-        cfg.optim.epochs = v;
-    }
-    if let Some(v) = args.batch_size {
-        cfg.optim.batch_size = v;
-    }
-    if let Some(v) = args.lr {
-        cfg.optim.lr = v;
-    }
-    if let Some(v) = args.seed {
-        cfg.seed = v;
-    }
+    args.recipe.apply(&mut cfg);
     match args.classifier.as_deref() {
         Some("cosine") => cfg.model.use_norm = true,
         Some("linear") => cfg.model.use_norm = false,

@@ -12,6 +12,7 @@ pub mod heads;
 pub mod import;
 pub mod presets;
 pub mod pull;
+mod recipe;
 pub mod route;
 pub mod train;
 

@@ -5,6 +5,8 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use longtail::registry::{self, preset};
+
+use super::recipe::RecipeFlags;
 use longtail::train::device::device_announced;
 use longtail::train::{train_run, FitSummary, OutMode, Progress, RunConfig};
 
@@ -30,24 +32,9 @@ pub struct Args {
     /// fmnist-lt reads none, so --data-dir with it is an error.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Imbalance factor of the long-tailed training subset.
-    #[arg(long)]
-    pub imbalance: Option<f64>,
-    /// Number of experts.
-    #[arg(long)]
-    pub experts: Option<usize>,
-    /// Epochs.
-    #[arg(long)]
-    pub epochs: Option<usize>,
-    /// Batch size.
-    #[arg(long)]
-    pub batch_size: Option<usize>,
-    /// Base learning rate.
-    #[arg(long)]
-    pub lr: Option<f64>,
-    /// Seed of weights, data order and augmentation.
-    #[arg(long)]
-    pub seed: Option<u64>,
+    /// Overrides of the recipe's numbers.
+    #[command(flatten)]
+    pub recipe: RecipeFlags,
     /// Hold out this fraction of each training class for validation (best-checkpoint selection).
     #[arg(long)]
     pub val_fraction: Option<f64>,
@@ -97,27 +84,7 @@ pub fn resolve(args: &Args) -> Result<RunConfig> {
     if let Some(d) = &args.data_dir {
         cfg.data.data_dir = Some(d.clone());
     }
-    if let Some(v) = args.imbalance {
-        cfg.data.imbalance = v;
-    }
-    if let Some(e) = args.experts {
-        if cfg.method.name == "ce" && e != 1 {
-            bail!("the CE baseline has one expert (got --experts {e})");
-        }
-        cfg.model.num_experts = e;
-    }
-    if let Some(v) = args.epochs {
-        cfg.optim.epochs = v;
-    }
-    if let Some(v) = args.batch_size {
-        cfg.optim.batch_size = v;
-    }
-    if let Some(v) = args.lr {
-        cfg.optim.lr = v;
-    }
-    if let Some(v) = args.seed {
-        cfg.seed = v;
-    }
+    args.recipe.apply(&mut cfg);
     if let Some(v) = args.val_fraction {
         cfg.data.val_fraction = Some(v);
     }
@@ -279,12 +246,7 @@ fn heads_args(args: &Args, backbone: &str) -> super::heads::Args {
         preset: Some(preset),
         dataset: None,
         data_dir: args.data_dir.clone(),
-        imbalance: args.imbalance,
-        experts: args.experts,
-        epochs: args.epochs,
-        batch_size: args.batch_size,
-        lr: args.lr,
-        seed: args.seed,
+        recipe: args.recipe.clone(),
         classifier: None,
         adapter: None,
         no_standardize: false,

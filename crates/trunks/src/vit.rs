@@ -7,7 +7,7 @@
 //! image classifier (LayerNorm of the CLS token only, then its `classifier`) and has no pooler.
 //!
 //! Like `ViTModel` without `interpolate_pos_encoding`, the input must be the config's
-//! `image_size` (candle-transformers' interpolation is a `todo!()`).
+//! `image_size` (candle-transformers leaves position interpolation unimplemented).
 
 use candle_core::{IndexOp, Module, Tensor};
 use candle_nn::{LayerNorm, Linear, VarBuilder};
