@@ -96,10 +96,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             if steps == 0 {
                 continue;
             }
+            let cfg = registry::preset(model.preset)?;
+            let method = registry::method(&cfg.method.name)?;
             let m = measure(
                 model,
-                registry::preset(model.preset)?,
-                registry::method(&registry::preset(model.preset)?.method.name)?,
+                cfg,
+                method,
                 kernels,
                 &Settings {
                     steps,
