@@ -148,6 +148,13 @@ pub struct OptimConfig {
     /// Batch size of the evaluation passes (no effect on the numbers).
     #[serde(default = "default_eval_batch")]
     pub eval_batch_size: usize,
+    /// Mixup's α, for any method: each batch is mixed with a permutation of itself by a weight
+    /// λ ~ Beta(α, α) and the loss is λ·L(y) + (1 − λ)·L(y[p]) ([`crate::mixup`],
+    /// docs/balpoe.md §2.3). `None` (the default, and what a config without the key reads as)
+    /// trains on the images as they are; it is not written out, so older configs and
+    /// checkpoints compare equal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mixup_alpha: Option<f64>,
 }
 
 impl OptimConfig {
@@ -167,6 +174,7 @@ impl OptimConfig {
             schedule,
             accumulate: 1,
             eval_batch_size: default_eval_batch(),
+            mixup_alpha: None,
         }
     }
 }
@@ -205,6 +213,7 @@ impl RunConfig {
             accumulate: self.optim.accumulate,
             sampler: self.data.sampler,
             eval_batch_size: self.optim.eval_batch_size,
+            mixup_alpha: self.optim.mixup_alpha,
         }
     }
 

@@ -6,7 +6,8 @@
 //! its prediction rule) and [`MethodKind`] (its name, presets, settings check and constructor).
 //! [`train_run`] does the rest: loads the data a [`RunConfig`] names, builds the network, and
 //! [`fit`] writes `last.safetensors` (weights, BN statistics, momentum, run metadata) and one
-//! `metrics.jsonl` line per epoch into the run directory.
+//! `metrics.jsonl` line per epoch into the run directory. [`mixup`] is a training option any
+//! method can turn on (`[optim] mixup_alpha`).
 
 #![deny(missing_docs)]
 
@@ -17,6 +18,7 @@ pub mod device;
 mod error;
 pub mod eval;
 mod method;
+pub mod mixup;
 mod run;
 mod schedule;
 mod sgd;

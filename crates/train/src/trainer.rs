@@ -51,6 +51,8 @@ pub struct TrainConfig {
     pub sampler: SamplerKind,
     /// Batch size of evaluation passes.
     pub eval_batch_size: usize,
+    /// Mixup's α ([`crate::mixup`]); `None` trains without mixup.
+    pub mixup_alpha: Option<f64>,
 }
 
 impl TrainConfig {
@@ -70,6 +72,9 @@ impl TrainConfig {
                 "the learning rate must be positive (got {})",
                 self.lr
             )));
+        }
+        if let Some(alpha) = self.mixup_alpha {
+            crate::mixup::check_alpha(alpha)?;
         }
         self.schedule.check(self.epochs)
     }
@@ -126,7 +131,9 @@ pub struct EpochRecord {
     pub epoch: usize,
     /// Mean training loss.
     pub loss: f64,
-    /// Training accuracy of the method's prediction (on augmented images, train-mode BN).
+    /// Training accuracy of the method's prediction (on augmented images, train-mode BN). With
+    /// mixup, the official λ-weighted accuracy on the mixed images, λ·acc(y) + (1 − λ)·acc(y[p])
+    /// ([`crate::mixup::mixup_hits`]).
     pub accuracy: f64,
     /// Accuracy on the validation split, when there is one.
     pub val_accuracy: Option<f64>,
@@ -280,12 +287,38 @@ pub fn fit(
             &opts.device,
         )?;
         progress.start(epoch, cfg.epochs, batcher.num_batches());
+        // Mixup's draw is seeded by the batch's position in the epoch (docs/balpoe.md §2.3).
+        let mut batch_index = 0u64;
         let stats = train_epoch(
             batcher,
             &mut opt,
             cfg.accumulate,
             epoch,
             |batch| {
+                let index = batch_index;
+                batch_index += 1;
+                if let Some(alpha) = cfg.mixup_alpha {
+                    // One forward on the mixed images; the method's loss on y and on y[p].
+                    let draw = crate::mixup::MixupDraw::draw(
+                        alpha,
+                        batch.indices.len(),
+                        cfg.seed,
+                        epoch as u64,
+                        index,
+                    )?;
+                    let (own, other) = draw.mix(batch)?;
+                    let out = model.forward_t(&own.images, true)?;
+                    let loss =
+                        crate::mixup::mixup_loss(&*objective, &out, &own, &other, draw.lambda)?;
+                    let correct = crate::mixup::mixup_hits(
+                        &objective.predict(&out)?,
+                        &own.labels,
+                        &other.labels,
+                        draw.lambda,
+                    )?;
+                    return Ok(Step { loss, correct });
+                }
+                // Without mixup: the batch as it is.
                 let out = model.forward_t(&batch.images, true)?;
                 let loss = objective.loss(&out, batch)?;
                 // Counted on the device: one scalar comes back, not the whole [B, C] prediction.

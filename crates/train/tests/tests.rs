@@ -1,9 +1,10 @@
 //! Training-loop tests on tiny synthetic data: learning, bit-identical resume, NaN stop; and,
 //! as modules, byte-reproducible checkpoints, checkpoint-reading fuzz tests, and run folders
-//! (lock, resume checks) and size limits.
+//! (lock, resume checks) and size limits, and mixup as a training option.
 
 mod checkpoint_bytes;
 mod fuzz;
+mod mixup;
 mod run_folder;
 
 use std::collections::BTreeMap;
@@ -91,6 +92,7 @@ fn train_cfg(epochs: usize) -> TrainConfig {
         accumulate: 1,
         sampler: SamplerKind::Shuffled,
         eval_batch_size: 32,
+        mixup_alpha: None,
     }
 }
 
