@@ -1,9 +1,57 @@
-//! Single-model long-tail baselines as longtail methods.
+//! Single-model long-tail baselines as longtail methods, each trained on one expert with the
+//! recipe of its paper (docs/baselines.md).
 //!
 //! - [`Ce`] / [`CrossEntropy`]: softmax cross-entropy on the mean logits, the plain baseline
 //!   (`[method] name = "ce"`, no settings). Its presets are other methods' recipes with one plain
 //!   expert ([`ce_baseline_of`]), so that a comparison changes only the method.
+//! - [`Focal`] (`focal`, [`FocalSettings`]): focal loss, sigmoid or softmax form (§2).
+//! - [`Cb`] (`cb`, [`CbSettings`]): class-balanced loss with effective-number weights (§3).
+//! - [`LdamDrw`] (`ldam-drw`, [`LdamDrwSettings`]): LDAM margins and deferred re-weighting (§4).
+//! - [`Bsce`] (`bsce`) and [`La`] (`la`, [`LaSettings`]): balanced softmax and the
+//!   logit-adjusted loss (§5).
+//! - [`Wb`] (`wb`): weight balancing's first stage, CE with a tuned weight decay (§7).
+//!
+//! The loss formulas are plain tensor functions in [`ops`]; every method's presets are
+//! `<method>.fmnist-lt` (the `ce.fmnist-lt` recipe, so only the method changes),
+//! `<method>.cifar10-lt`, `<method>.cifar100-lt` and `<method>.imagenet-lt`.
 #![deny(missing_docs)]
+
+mod cb;
+mod error;
+mod focal;
+mod ldam_drw;
+mod logit_adjust;
+pub mod ops;
+pub mod recipes;
+mod wb;
+
+pub use cb::{class_balanced_weights, Cb, CbLoss, CbSettings, ClassBalancedMethod};
+pub use error::BaselineError;
+pub use focal::{sigmoid_prior_bias, Focal, FocalForm, FocalMethod, FocalSettings};
+pub use ldam_drw::{LdamDrw, LdamDrwMethod, LdamDrwSettings};
+pub use logit_adjust::{
+    balanced_softmax_offsets, logit_adjustment_offsets, Bsce, BsceSettings, La, LaSettings,
+    LogitAdjustedMethod,
+};
+pub use wb::{Wb, WbSettings, WbStage1};
+
+/// Every preset of the methods of this crate, per method: focal, cb, ldam-drw, bsce, la, wb.
+pub const PRESETS: &[&[Preset]] = &[
+    focal::PRESETS,
+    cb::PRESETS,
+    ldam_drw::PRESETS,
+    logit_adjust::BSCE_PRESETS,
+    logit_adjust::LA_PRESETS,
+    wb::PRESETS,
+];
+
+/// Fails unless `cfg` trains one expert: the baselines are single-model methods.
+fn one_expert(method: &'static str, cfg: &RunConfig) -> std::result::Result<(), BaselineError> {
+    match cfg.model.num_experts {
+        1 => Ok(()),
+        got => Err(BaselineError::Experts { method, got }),
+    }
+}
 
 use candle_core::{Device, Result, Tensor};
 use longtail_backbone::ExpertOutput;
