@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 
 pub mod bench;
+pub mod compare;
 pub mod data;
 pub mod eval;
 pub mod eval_shift;
@@ -45,6 +46,8 @@ pub enum Command {
     Route(route::Args),
     /// Measure training speed on this CPU: our kernels vs candle's stock ops (`bench train`).
     Bench(bench::Args),
+    /// Train several presets over several seeds and print one table (mean ± std, best marked).
+    Compare(compare::Args),
     /// Train multi-expert heads on a frozen foundation trunk's cached features (ViT, CLIP, DINOv2).
     Heads(heads::Args),
 }
@@ -88,5 +91,6 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(args),
         Command::Route(args) => route::run(args),
         Command::Heads(args) => heads::run(args),
+        Command::Compare(args) => compare::run(args),
     }
 }

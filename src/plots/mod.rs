@@ -6,6 +6,7 @@
 //! Debian's `fonts-dejavu-core`) and registered once with `plotters`' `ab_glyph` backend, so
 //! plotting needs no system font.
 
+pub mod compare;
 pub mod shift;
 pub mod uncertainty;
 

@@ -1,0 +1,134 @@
+//! `longtail compare` end to end on tiny IDX data: two entries × two seeds, the table, its files,
+//! and a second call that reuses every finished run.
+
+mod util;
+use util::{assert_fails, longtail, stderr, stdout, write_tiny_idx, TinyIdx};
+
+use std::path::{Path, PathBuf};
+
+/// `<method>.fmnist-lt` pointed at tiny 12×12 IDX data (IF 10) for `epochs` epochs.
+fn tiny_config(dir: &Path, method: &str, epochs: usize) -> PathBuf {
+    let spec = TinyIdx {
+        side: 12,
+        train_per_class: 20,
+        test_per_class: 6,
+        seed: 7,
+        bright: 220,
+        dark: 20,
+        noise_shift: 60,
+        invert: false,
+    };
+    let idx = write_tiny_idx(dir, "idx", &spec);
+    let o = longtail(dir, &["presets", &format!("{method}.fmnist-lt")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut cfg: toml::Table = toml::from_str(&stdout(&o)).unwrap();
+    let data = cfg["data"].as_table_mut().unwrap();
+    data.insert("dataset".into(), "fmnist".into());
+    data.insert("data_dir".into(), idx.to_string_lossy().into_owned().into());
+    data.insert("imbalance".into(), 10.0.into());
+    let optim = cfg["optim"].as_table_mut().unwrap();
+    optim.insert("epochs".into(), (epochs as i64).into());
+    optim.insert("batch_size".into(), 16.into());
+    let path = dir.join(format!("tiny-{method}.toml"));
+    std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
+    path
+}
+
+#[test]
+fn compare_two_methods_over_two_seeds_then_reuse() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let ce = tiny_config(dir, "ce", 2);
+    let ride = tiny_config(dir, "ride", 2);
+    let (ce, ride) = (ce.to_str().unwrap(), ride.to_str().unwrap());
+    let args = [
+        "compare", ce, ride, "--seeds", "0,1", "--out", "cmp", "--quiet",
+    ];
+    let o = longtail(dir, &args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    // One row per entry, every column with mean ± std, one best mark per column that has values.
+    for name in ["tiny-ce.toml", "tiny-ride.toml"] {
+        let line = text
+            .lines()
+            .find(|l| l.contains(name))
+            .unwrap_or_else(|| panic!("{text}"));
+        assert!(line.matches('±').count() >= 4, "{line}");
+    }
+    assert!(text.matches('*').count() >= 4, "{text}");
+    for seed in [0, 1] {
+        for run in ["tiny-ce", "tiny-ride"] {
+            assert!(dir
+                .join(format!("cmp/{run}/seed-{seed}/last.safetensors"))
+                .is_file());
+        }
+    }
+    let csv = std::fs::read_to_string(dir.join("cmp/compare.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 3, "{csv}");
+    assert!(
+        csv.starts_with("entry,method,stage,seeds,overall_mean,overall_std"),
+        "{csv}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("cmp/compare.json")).unwrap())
+            .unwrap();
+    let rows = json["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[1]["method"], "ride");
+    let seeds = rows[0]["seeds"].as_array().unwrap();
+    assert_eq!(seeds.len(), 2);
+    // Different seeds are different runs.
+    assert_ne!(seeds[0]["per_class"], seeds[1]["per_class"]);
+    let png = std::fs::read(dir.join("cmp/per_class.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+
+    // Again: every run is finished, so nothing trains and the table is the same.
+    let again = longtail(dir, &args);
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert_eq!(
+        stderr(&again).matches("already trained").count(),
+        4,
+        "{}",
+        stderr(&again)
+    );
+    let table = |t: &str| -> Vec<String> {
+        t.lines()
+            .filter(|l| l.contains('±'))
+            .map(String::from)
+            .collect()
+    };
+    assert_eq!(table(&stdout(&again)), table(&text));
+}
+
+#[test]
+fn compare_refuses_bad_entries_before_training() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    assert_fails(
+        &longtail(
+            dir,
+            &["compare", "ce.fmnist-lt", "nosuch.fmnist-lt", "--out", "c"],
+        ),
+        "nosuch",
+    );
+    assert_fails(
+        &longtail(
+            dir,
+            &["compare", "ce.fmnist-lt", "--seeds", "1,1", "--out", "c"],
+        ),
+        "twice",
+    );
+    assert_fails(
+        &longtail(dir, &["compare", "ce.fmnist-lt+", "--out", "c"]),
+        "nothing after `+`",
+    );
+    assert_fails(
+        &longtail(
+            dir,
+            &["compare", "ce.fmnist-lt", "ce.fmnist-lt", "--out", "c"],
+        ),
+        "listed twice",
+    );
+    // Nothing was trained or written.
+    assert!(!dir.join("c").exists());
+}
