@@ -10,6 +10,7 @@ use rayon::prelude::*;
 use crate::dataset::Dataset;
 use crate::error::{DataError, Result};
 use crate::sampler::{epoch_order, SamplerKind};
+use crate::stream::decode_rgb;
 use crate::transform::{sample_seed, Prepared, Transform};
 
 /// One batch.
@@ -109,6 +110,13 @@ impl Batcher {
         let prepared = cfg
             .transform
             .prepare(data.height, data.width, data.channels)?;
+        if data.is_streamed() && !prepared.takes_any_size() {
+            return Err(DataError::BadParameter {
+                name: "transform of a streamed data set",
+                value: format!("{:?}", cfg.transform.augment),
+                reason: "images of mixed sizes need a first stage that fixes the size (random-resized-crop, or resize + centre crop) and no pad-crop or rotation".into(),
+            });
+        }
         let order = Arc::new(epoch_order(
             cfg.sampler,
             &data.labels,
@@ -159,7 +167,9 @@ impl Batcher {
     }
 }
 
-/// Transforms the images `chunk` (epoch positions `first..`) into one batch.
+/// Transforms the images `chunk` (epoch positions `first..`) into one batch. A streamed set's
+/// images are decoded here, on the pool's threads, one at a time per thread: what is in memory
+/// is this batch and the ones waiting in the channel, whatever the size of the set.
 fn make_batch(
     data: &Dataset,
     prepared: &Prepared,
@@ -171,16 +181,33 @@ fn make_batch(
 ) -> Result<Batch> {
     let per = prepared.out_len();
     let mut buf = vec![0f32; chunk.len() * per];
-    buf.par_chunks_mut(per)
-        .zip(chunk.par_iter())
-        .enumerate()
-        .for_each(|(k, (out, &i))| {
-            prepared.apply(
-                data.image(i),
-                sample_seed(seed, epoch, first + k as u64),
-                out,
-            );
-        });
+    if data.is_streamed() {
+        buf.par_chunks_mut(per)
+            .zip(chunk.par_iter())
+            .enumerate()
+            .try_for_each(|(k, (out, &i))| {
+                let path = data.image_path(i).expect("a streamed set has paths");
+                let img = decode_rgb(&path)?;
+                prepared.apply_decoded(
+                    &img.pixels,
+                    (img.height, img.width),
+                    sample_seed(seed, epoch, first + k as u64),
+                    &path,
+                    out,
+                )
+            })?;
+    } else {
+        buf.par_chunks_mut(per)
+            .zip(chunk.par_iter())
+            .enumerate()
+            .for_each(|(k, (out, &i))| {
+                prepared.apply(
+                    data.image(i),
+                    sample_seed(seed, epoch, first + k as u64),
+                    out,
+                );
+            });
+    }
     let (c, h, w) = prepared.out_shape();
     let images = Tensor::from_vec(buf, (chunk.len(), c, h, w), device)?;
     let labels: Vec<u32> = chunk.iter().map(|&i| data.labels[i]).collect();

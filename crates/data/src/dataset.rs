@@ -1,12 +1,31 @@
 //! The in-memory data set every reader returns, and the split helpers.
 
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::error::{DataError, Result};
 
-/// A labelled image set held in memory: u8 pixels, HWC, all images the same size.
+/// The image files of a streamed data set: `root.join(paths[s])` is the image with source
+/// index `s` (its line in the list file).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageFiles {
+    /// The directory the paths are relative to.
+    pub root: PathBuf,
+    /// One relative path per source index.
+    pub paths: Vec<PathBuf>,
+}
+
+/// A labelled image set: u8 pixels in memory (HWC, all images the same size), or image files
+/// decoded on demand ([`Dataset::files`], a streamed set).
+///
+/// A streamed set (ImageNet-LT, iNaturalist 2018, Places-LT: 22–86 GB of pixels once decoded)
+/// holds only paths and labels; the [`crate::Batcher`] decodes and transforms each image on its
+/// worker threads. Its `height` / `width` are the nominal side the network sees (the crop size),
+/// which is what memory estimates and MAC counts need; `images` is empty.
 ///
 /// `source_indices[k]` is the position of image `k` in the original file order (the concatenated
 /// `data_batch_1..5.bin`, the IDX file, the list file), so a subset can be compared with another
@@ -29,6 +48,8 @@ pub struct Dataset {
     pub class_names: Vec<String>,
     /// Index of each image in the original file order.
     pub source_indices: Vec<usize>,
+    /// For a streamed set, its image files (indexed by source index); `None` for pixels in memory.
+    pub files: Option<Arc<ImageFiles>>,
 }
 
 impl Dataset {
@@ -104,7 +125,71 @@ impl Dataset {
             num_classes,
             class_names,
             source_indices,
+            files: None,
         })
+    }
+
+    /// A streamed data set over `files`: `labels[s]` is the label of `files.paths[s]`; the network
+    /// sees `side × side` RGB crops. `class_names` may be empty (`class_0`, …). `what` names the
+    /// source in errors.
+    pub fn from_files(
+        what: &str,
+        files: ImageFiles,
+        labels: Vec<u32>,
+        side: usize,
+        num_classes: usize,
+        class_names: Vec<String>,
+    ) -> Result<Dataset> {
+        if files.paths.len() != labels.len() {
+            return Err(DataError::CountMismatch {
+                what: what.into(),
+                images: files.paths.len(),
+                labels: labels.len(),
+            });
+        }
+        // Validate everything else through the in-memory constructor on a 1-pixel stand-in.
+        let mut d = Dataset::new(
+            what,
+            vec![0; labels.len()],
+            labels,
+            (1, 1, 1),
+            num_classes,
+            class_names,
+            vec![],
+        )?;
+        if side == 0 {
+            return Err(DataError::BadParameter {
+                name: "image size",
+                value: "0".into(),
+                reason: "the crop side must be positive".into(),
+            });
+        }
+        d.images = Vec::new();
+        d.channels = 3;
+        d.height = side;
+        d.width = side;
+        d.files = Some(Arc::new(files));
+        Ok(d)
+    }
+
+    /// Whether the images are files decoded on demand rather than pixels in memory.
+    pub fn is_streamed(&self) -> bool {
+        self.files.is_some()
+    }
+
+    /// The file of image `i` of a streamed set (`None` for pixels in memory).
+    ///
+    /// # Panics
+    /// If `i >= len()`, like slice indexing.
+    pub fn image_path(&self, i: usize) -> Option<PathBuf> {
+        self.files
+            .as_ref()
+            .map(|f| f.root.join(&f.paths[self.source_indices[i]]))
+    }
+
+    /// The root directory of a streamed set's files.
+    pub fn files_root(&self) -> Option<&Path> {
+        self.files.as_ref().map(|f| f.root.as_path())
     }
 
     /// Number of images.
@@ -134,7 +219,8 @@ impl Dataset {
     /// The HWC bytes of image `i`.
     ///
     /// # Panics
-    /// If `i >= len()`, like slice indexing.
+    /// If `i >= len()`, like slice indexing, and for a streamed set (no pixels in memory: see
+    /// [`Dataset::is_streamed`]; the [`crate::Batcher`] decodes those).
     pub fn image(&self, i: usize) -> &[u8] {
         let n = self.image_len();
         &self.images[i * n..(i + 1) * n]
@@ -145,10 +231,12 @@ impl Dataset {
     /// # Panics
     /// If an index is `>= len()`, like slice indexing; [`Dataset::try_subset`] returns an error instead.
     pub fn subset(&self, indices: &[usize]) -> Dataset {
-        let n = self.image_len();
-        let mut images = Vec::with_capacity(indices.len() * n);
-        for &i in indices {
-            images.extend_from_slice(self.image(i));
+        let mut images = Vec::new();
+        if self.files.is_none() {
+            images.reserve(indices.len() * self.image_len());
+            for &i in indices {
+                images.extend_from_slice(self.image(i));
+            }
         }
         Dataset {
             images,
@@ -159,6 +247,7 @@ impl Dataset {
             num_classes: self.num_classes,
             class_names: self.class_names.clone(),
             source_indices: indices.iter().map(|&i| self.source_indices[i]).collect(),
+            files: self.files.clone(),
         }
     }
 

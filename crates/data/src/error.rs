@@ -156,6 +156,16 @@ pub enum DataError {
         /// The decoder's error.
         source: image::ImageError,
     },
+    /// An image file is unusable although its decoder did not fail: truncated (a JPEG without
+    /// its end-of-image marker after the last scan, as PIL refuses without
+    /// `LOAD_TRUNCATED_IMAGES`), empty, or of a shape the transform cannot take.
+    #[error("{}: {reason}", .path.display())]
+    BadImage {
+        /// The image file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// Images of one set differ in size where one size is required.
     #[error("{}: image is {got_w}x{got_h}, the set's first image is {want_w}x{want_h}", .path.display())]
     MixedSizes {

@@ -40,19 +40,23 @@ pub mod profile;
 pub mod readers;
 pub mod sampler;
 pub mod stats;
+pub mod stream;
 pub mod transform;
 
 pub use batcher::{Batch, Batcher, BatcherConfig};
-pub use dataset::Dataset;
+pub use dataset::{Dataset, ImageFiles};
 pub use error::{DataError, Result};
 pub use label_shift::{label_shift, TestDist};
-pub use load::{ldam_long_tail, load_splits, DataSpec, DatasetName, Splits};
+pub use load::{
+    ldam_long_tail, load_benchmark, load_image_lists_streamed, load_splits, DataSpec, DatasetName,
+    Splits, StreamOptions,
+};
 pub use longtail_metrics::{shot_groups, Shot, ShotRule};
 pub use mt19937::Mt19937;
 pub use sampler::{epoch_order, SamplerKind};
 pub use stats::{gini, Stats};
 pub use transform::{
-    sample_seed, Augment, AugmentKind, Normalize, Resize, TrainTransform, Transform,
+    sample_seed, Augment, AugmentKind, ColorJitter, Normalize, Resize, TrainTransform, Transform,
 };
 
 impl Splits {

@@ -23,18 +23,28 @@ pub enum DatasetName {
     Cifar100Lt,
     /// Fashion-MNIST from an IDX directory (default: the Debian package's), LDAM-DRW subset.
     Fmnist,
-    /// Image lists (`path label` per line) under a root directory.
+    /// Image lists (`path label` per line) under a root directory, decoded into memory (small
+    /// sets; see [`load_image_lists_streamed`] for large ones).
     ImageList,
+    /// ImageNet-LT from `ImageNet_LT_{train,val,test}.txt` under the image root, streamed.
+    ImagenetLt,
+    /// iNaturalist 2018 from `iNaturalist18_{train,val}.txt`, streamed; the val list is the test set.
+    Inat2018,
+    /// Places-LT from `Places_LT_{train,val,test}.txt`, streamed.
+    PlacesLt,
 }
 
 impl DatasetName {
     /// All names, in `--help` order.
-    pub const ALL: [DatasetName; 5] = [
+    pub const ALL: [DatasetName; 8] = [
         DatasetName::FmnistLt,
         DatasetName::Cifar10Lt,
         DatasetName::Cifar100Lt,
         DatasetName::Fmnist,
         DatasetName::ImageList,
+        DatasetName::ImagenetLt,
+        DatasetName::Inat2018,
+        DatasetName::PlacesLt,
     ];
 
     /// The command-line name.
@@ -45,7 +55,70 @@ impl DatasetName {
             DatasetName::Cifar100Lt => "cifar100-lt",
             DatasetName::Fmnist => "fmnist",
             DatasetName::ImageList => "image-list",
+            DatasetName::ImagenetLt => "imagenet-lt",
+            DatasetName::Inat2018 => "inat2018",
+            DatasetName::PlacesLt => "places-lt",
         }
+    }
+
+    /// The official list files of a streamed benchmark, `(train, test, validation)`, as RIDE's and
+    /// SADE's loaders read them (docs/ride.md §6): ImageNet-LT and Places-LT test on their test
+    /// list and have a val list (SADE selects models on it; RIDE uses none); iNaturalist 2018
+    /// tests on its val list and has no validation. `None` for the other data sets.
+    pub fn official_lists(self) -> Option<(&'static str, &'static str, Option<&'static str>)> {
+        match self {
+            DatasetName::ImagenetLt => Some((
+                "ImageNet_LT_train.txt",
+                "ImageNet_LT_test.txt",
+                Some("ImageNet_LT_val.txt"),
+            )),
+            DatasetName::Inat2018 => Some(("iNaturalist18_train.txt", "iNaturalist18_val.txt", None)),
+            DatasetName::PlacesLt => Some((
+                "Places_LT_train.txt",
+                "Places_LT_test.txt",
+                Some("Places_LT_val.txt"),
+            )),
+            _ => None,
+        }
+    }
+
+    /// The class count of the full benchmark: 1000 (ImageNet-LT), 8142 (iNaturalist 2018),
+    /// 365 (Places-LT); `None` for the others.
+    pub fn benchmark_classes(self) -> Option<usize> {
+        match self {
+            DatasetName::ImagenetLt => Some(1000),
+            DatasetName::Inat2018 => Some(8142),
+            DatasetName::PlacesLt => Some(365),
+            _ => None,
+        }
+    }
+
+    /// Whether the data set is streamed from image files rather than held in memory.
+    pub fn is_streamed(self) -> bool {
+        self.official_lists().is_some()
+    }
+
+    /// The official training augmentation of a streamed benchmark: RandomResizedCrop → flip →
+    /// ColorJitter(0.4, 0.4, 0.4, 0) for ImageNet-LT and Places-LT, without the jitter for
+    /// iNaturalist 2018 (docs/ride.md §6); `None` for the others.
+    pub fn official_augment(self) -> Option<crate::transform::AugmentKind> {
+        use crate::transform::AugmentKind;
+        match self {
+            DatasetName::ImagenetLt | DatasetName::PlacesLt => Some(AugmentKind::Imagenet),
+            DatasetName::Inat2018 => Some(AugmentKind::ResizedCropFlip),
+            _ => None,
+        }
+    }
+
+    /// One line to show when a streamed benchmark's lists hold another number of classes than
+    /// the benchmark (a subset is a legitimate run, but worth a word).
+    pub fn class_count_warning(self, classes: usize) -> Option<String> {
+        let want = self.benchmark_classes()?;
+        (classes != want).then(|| {
+            format!(
+                "warning: the {self} lists hold {classes} classes, the benchmark has {want}: training on a subset"
+            )
+        })
     }
 
     /// The normalisation RIDE / SADE use for this data set: CIFAR-10 statistics for both CIFAR-LT
@@ -55,7 +128,10 @@ impl DatasetName {
         match self {
             DatasetName::FmnistLt | DatasetName::Fmnist => Normalize::fashion_mnist(),
             DatasetName::Cifar10Lt | DatasetName::Cifar100Lt => Normalize::cifar(),
-            DatasetName::ImageList => Normalize::imagenet(),
+            DatasetName::ImageList | DatasetName::ImagenetLt | DatasetName::PlacesLt => {
+                Normalize::imagenet()
+            }
+            DatasetName::Inat2018 => Normalize::inaturalist(),
         }
     }
 }
@@ -200,7 +276,8 @@ fn find_list(dir: &Path, split: &str) -> Result<Option<PathBuf>> {
     }
 }
 
-fn load_image_lists(dir: &Path) -> Result<(Dataset, Option<Dataset>, Dataset)> {
+/// The train, optional val, and test lists of an image-list directory.
+fn image_lists(dir: &Path) -> Result<(ImageList, Option<ImageList>, ImageList)> {
     crate::readers::check_dir(dir)?;
     let hint = "an image-list directory needs train.txt (or NAME_train.txt) and test.txt or val.txt, lines `relative/path label`";
     let train_list = find_list(dir, "train")?.ok_or_else(|| DataError::MissingFile {
@@ -222,6 +299,11 @@ fn load_image_lists(dir: &Path) -> Result<(Dataset, Option<Dataset>, Dataset)> {
     let train = ImageList::read(&train_list, dir)?;
     let test = ImageList::read(&test_list, dir)?;
     let val = val_list.map(|v| ImageList::read(&v, dir)).transpose()?;
+    Ok((train, val, test))
+}
+
+fn load_image_lists(dir: &Path) -> Result<(Dataset, Option<Dataset>, Dataset)> {
+    let (train, val, test) = image_lists(dir)?;
     let lists: Vec<&ImageList> = [Some(&train), Some(&test), val.as_ref()]
         .into_iter()
         .flatten()
@@ -251,6 +333,101 @@ fn load_image_lists(dir: &Path) -> Result<(Dataset, Option<Dataset>, Dataset)> {
         val.as_ref().map(decode).transpose()?,
         decode(&test)?,
     ))
+}
+
+/// How a streamed data set is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamOptions {
+    /// The side of the square crops the network sees (224 in the papers).
+    pub side: usize,
+    /// Read the benchmark's validation list as the validation set (SADE's model selection on
+    /// ImageNet-LT and Places-LT); off by default, as RIDE's loaders.
+    pub val_list: bool,
+}
+
+impl Default for StreamOptions {
+    fn default() -> Self {
+        StreamOptions {
+            side: 224,
+            val_list: false,
+        }
+    }
+}
+
+/// Class count of lists: one more than the largest label of any.
+fn lists_classes(lists: &[&ImageList]) -> usize {
+    lists.iter().map(|l| l.num_classes()).max().unwrap_or(0)
+}
+
+/// Splits of a streamed benchmark (ImageNet-LT, iNaturalist 2018, Places-LT) from its official
+/// lists under `root` ([`DatasetName::official_lists`]); paths in the lists are relative to
+/// `root`. Nothing is decoded. The class count is one more than the largest label of the lists
+/// read ([`DatasetName::class_count_warning`] says when it is not the benchmark's); every class
+/// needs a training image.
+///
+/// Differs from official: SADE's Places-LT loader renumbers the classes by descending training
+/// count (with numpy's unstable argsort, whose tie order cannot be reproduced); the labels here
+/// are the lists' own. Accuracies, shot groups and per-class results are the same up to the
+/// naming of the classes (docs/sade.md).
+pub fn load_benchmark(name: DatasetName, root: &Path, opts: StreamOptions) -> Result<Splits> {
+    let Some((train, test, val)) = name.official_lists() else {
+        return Err(DataError::BadParameter {
+            name: "streamed data set",
+            value: name.to_string(),
+            reason: "only imagenet-lt, inat2018 and places-lt have official lists".into(),
+        });
+    };
+    crate::readers::check_dir(root)?;
+    let read = |file: &str| -> Result<ImageList> {
+        let path = root.join(file);
+        if !path.is_file() {
+            return Err(DataError::MissingFile {
+                path,
+                hint: format!(
+                    "the {name} lists {train}, {test}{} sit in the image root; lines `relative/path label`",
+                    val.map(|v| format!(", {v}")).unwrap_or_default()
+                ),
+            });
+        }
+        ImageList::read(&path, root)
+    };
+    let train = read(train)?;
+    let test = read(test)?;
+    let val = match (opts.val_list, val) {
+        (true, Some(v)) => Some(read(v)?),
+        _ => None,
+    };
+    streamed_splits(name, &train, &test, val.as_ref(), opts.side)
+}
+
+fn streamed_splits(
+    name: DatasetName,
+    train: &ImageList,
+    test: &ImageList,
+    val: Option<&ImageList>,
+    side: usize,
+) -> Result<Splits> {
+    let lists: Vec<&ImageList> = [Some(train), Some(test), val].into_iter().flatten().collect();
+    let classes = lists_classes(&lists);
+    if let Some(class) = train.first_missing_class(classes) {
+        return Err(DataError::EmptyClass {
+            what: format!("{name} training set"),
+            class,
+        });
+    }
+    Ok(Splits {
+        train: train.streamed(side, classes, vec![])?,
+        val: val.map(|v| v.streamed(side, classes, vec![])).transpose()?,
+        test: test.streamed(side, classes, vec![])?,
+    })
+}
+
+/// An image-list directory (`train.txt` or `NAME_train.txt`, and `test.txt` / `val.txt`, as
+/// [`DatasetName::ImageList`] finds them) as streamed sets of `side × side` crops, whatever the
+/// number or sizes of the images: what `longtail bench data` measures.
+pub fn load_image_lists_streamed(dir: &Path, side: usize) -> Result<Splits> {
+    let (train, val, test) = image_lists(dir)?;
+    streamed_splits(DatasetName::ImageList, &train, &test, val.as_ref(), side)
 }
 
 /// Reader settings that [`load_splits`] keeps at their defaults, the real formats' rules.
@@ -326,6 +503,14 @@ pub fn load_splits_with(spec: &DataSpec, options: LoadOptions) -> Result<Splits>
                 "the image root holding train.txt and test.txt (lines `relative/path label`)",
             )?;
             load_image_lists(dir)?
+        }
+        DatasetName::ImagenetLt | DatasetName::Inat2018 | DatasetName::PlacesLt => {
+            let dir = need_dir(
+                spec,
+                "the image root holding the official lists (e.g. ImageNet_LT_train.txt) and the images they name",
+            )?;
+            let s = load_benchmark(spec.name, dir, StreamOptions::default())?;
+            (s.train, s.val, s.test)
         }
     };
     train.check_no_empty_class(&format!("{} training set", spec.name))?;

@@ -8,6 +8,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::error::{DataError, Result};
+use crate::stream::{pil_resize, tv_center_crop_offsets, tv_resize_size, tv_resized_crop_params};
+pub use crate::stream::ColorJitter;
 
 /// Per-channel normalisation `(x/255 − mean) / std`, as torchvision `ToTensor` + `Normalize`.
 #[derive(Clone, Debug, PartialEq)]
@@ -139,6 +141,8 @@ pub struct Augment {
     /// Rotate by an angle uniform in `[−d, d]` degrees (counter-clockwise positive) about the image
     /// centre, nearest neighbour, same size, fill 0, as PIL `Image.rotate(angle, NEAREST)`.
     pub rotation: Option<f32>,
+    /// torchvision `ColorJitter` after the geometric steps (ImageNet-LT, Places-LT).
+    pub jitter: Option<ColorJitter>,
 }
 
 /// The training-transform configuration (another name for [`Augment`]).
@@ -156,16 +160,34 @@ pub enum AugmentKind {
     CropFlip,
     /// No augmentation.
     None,
+    /// The ImageNet-LT / Places-LT recipe on streamed images: RandomResizedCrop → flip →
+    /// ColorJitter(0.4, 0.4, 0.4, 0) ([`Augment::imagenet_lt`], docs/ride.md §6).
+    Imagenet,
+    /// The iNaturalist 2018 recipe: RandomResizedCrop → flip, no jitter ([`Augment::imagenet_train`]).
+    ResizedCropFlip,
 }
 
 impl AugmentKind {
-    /// The augmentation this kind names.
-    pub fn augment(self) -> Augment {
+    /// The augmentation this kind names; `size` is the crop side of the resized-crop kinds.
+    pub fn augment_sized(self, size: usize) -> Augment {
         match self {
             AugmentKind::Standard => Augment::cifar(),
             AugmentKind::CropFlip => Augment::cifar_ldam(),
             AugmentKind::None => Augment::none(),
+            AugmentKind::Imagenet => Augment::imagenet_lt(size),
+            AugmentKind::ResizedCropFlip => Augment::imagenet_train(size),
         }
+    }
+
+    /// The augmentation this kind names, with 224² crops for the resized-crop kinds.
+    pub fn augment(self) -> Augment {
+        self.augment_sized(224)
+    }
+
+    /// Whether this kind resizes every image to a fixed crop (what a streamed set of mixed
+    /// sizes needs), rather than the CIFAR recipes' pad-and-crop of equal-sized images.
+    pub fn is_resized_crop(self) -> bool {
+        matches!(self, AugmentKind::Imagenet | AugmentKind::ResizedCropFlip)
     }
 }
 
@@ -177,6 +199,7 @@ impl Augment {
             pad_crop: None,
             hflip: false,
             rotation: None,
+            jitter: None,
         }
     }
 
@@ -187,6 +210,7 @@ impl Augment {
             pad_crop: Some(4),
             hflip: true,
             rotation: Some(15.0),
+            jitter: None,
         }
     }
 
@@ -209,7 +233,23 @@ impl Augment {
             pad_crop: None,
             hflip: true,
             rotation: None,
+            jitter: None,
         }
+    }
+
+    /// The ImageNet-LT / Places-LT training augmentation: `RandomResizedCrop(size)` → flip →
+    /// `ColorJitter(0.4, 0.4, 0.4, 0)` (docs/ride.md §6).
+    pub fn imagenet_lt(size: usize) -> Augment {
+        Augment {
+            jitter: Some(ColorJitter::imagenet()),
+            ..Augment::imagenet_train(size)
+        }
+    }
+
+    /// The ImageNet-style evaluation transform with the usual 256/224 ratio for a `crop` side:
+    /// `Resize(round(crop · 256 / 224))` → `CenterCrop(crop)` (224 → 256, 64 → 73).
+    pub fn imagenet_eval(crop: usize) -> Augment {
+        Augment::center((crop as f64 * 256.0 / 224.0).round() as usize, crop)
     }
 
     /// The ImageNet-style evaluation transform: shorter side to `resize`, centre crop `crop`.
@@ -226,6 +266,7 @@ impl Augment {
             || self.pad_crop.is_some()
             || self.hflip
             || self.rotation.is_some()
+            || self.jitter.is_some()
     }
 
     /// Output `(height, width)` for an input of `(h, w)`.
@@ -298,6 +339,9 @@ impl Augment {
                 return bad("crop padding", p.to_string(), "too large");
             }
         }
+        if let Some(j) = &self.jitter {
+            j.check()?;
+        }
         Ok(())
     }
 }
@@ -329,6 +373,13 @@ impl Transform {
     pub fn prepare(&self, h: usize, w: usize, channels: usize) -> Result<Prepared> {
         self.augment.check(h, w)?;
         self.normalize.check(channels)?;
+        if self.augment.jitter.is_some() && channels != 3 {
+            return Err(DataError::BadParameter {
+                name: "colour jitter",
+                value: format!("{channels} channels"),
+                reason: "colour jitter needs RGB images".into(),
+            });
+        }
         let (oh, ow) = self.augment.output_size(h, w);
         Ok(Prepared {
             augment: self.augment.clone(),
@@ -413,7 +464,85 @@ impl Prepared {
             Some(d) if d > 0.0 => rng.random_range(-d..=d),
             _ => 0.0,
         };
-        self.write(src, (sh, sw, c), (oy, ox, pad), flip, angle, out);
+        match &self.augment.jitter {
+            // Jitter needs RGB; on other channel counts `prepare` refuses it.
+            Some(j) => {
+                let mut jittered = src.to_vec();
+                j.apply(&mut jittered, &mut rng);
+                self.write(&jittered, (sh, sw, c), (oy, ox, pad), flip, angle, out);
+            }
+            None => self.write(src, (sh, sw, c), (oy, ox, pad), flip, angle, out),
+        }
+    }
+
+    /// Whether this transform can take decoded images of any size ([`Prepared::apply_decoded`]):
+    /// its first stage fixes the size, and no step needs the images' common size.
+    pub fn takes_any_size(&self) -> bool {
+        !matches!(self.augment.resize, Resize::None)
+            && self.augment.pad_crop.is_none()
+            && self.augment.rotation.is_none()
+            && self.in_shape.2 == 3
+    }
+
+    /// Transforms one decoded RGB image of `(h, w)` (any size) into `out`, as torchvision on a
+    /// PIL image: `RandomResizedCrop` ([`tv_resized_crop_params`], then PIL's antialiased
+    /// bilinear [`pil_resize`]) or `Resize` + `CenterCrop` ([`tv_resize_size`],
+    /// [`tv_center_crop_offsets`]); then the flip, the colour jitter and the normalisation. The
+    /// random draws come in torchvision's order (crop, flip, jitter) from a ChaCha8 stream
+    /// seeded with `rng_seed`. `path` names the image in errors.
+    ///
+    /// Fails when the transform does not fix the size ([`Prepared::takes_any_size`]) or the
+    /// resized image would be unreasonably large (an extreme aspect ratio).
+    pub fn apply_decoded(
+        &self,
+        img: &[u8],
+        (h, w): (usize, usize),
+        rng_seed: u64,
+        path: &std::path::Path,
+        out: &mut [f32],
+    ) -> Result<()> {
+        let bad = |reason: String| DataError::BadImage {
+            path: path.to_path_buf(),
+            reason,
+        };
+        if !self.takes_any_size() {
+            return Err(bad(
+                "a streamed image needs a transform that fixes its size (random-resized-crop, or resize + centre crop) and no pad-crop or rotation".into(),
+            ));
+        }
+        if img.len() != h * w * 3 || h == 0 || w == 0 {
+            return Err(bad(format!("{} bytes for a {w}x{h} RGB image", img.len())));
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(rng_seed);
+        let (mut crop, side) = match self.augment.resize {
+            Resize::RandomResized { size, scale, ratio } => {
+                let (t, l, ch, cw) = tv_resized_crop_params(h, w, scale, ratio, &mut rng);
+                (
+                    pil_resize(img, (h, w, 3), (t, l, ch, cw), (size, size), (0, 0, size, size)),
+                    size,
+                )
+            }
+            Resize::Center { resize, crop } => {
+                let (nh, nw) = tv_resize_size(h, w, resize);
+                if nh.max(nw) > 1 << 16 {
+                    return Err(bad(format!(
+                        "a {w}x{h} image resized to a shorter side of {resize} would be {nw}x{nh}"
+                    )));
+                }
+                let (t, l) = tv_center_crop_offsets(nh, nw, crop);
+                (
+                    pil_resize(img, (h, w, 3), (0, 0, h, w), (nh, nw), (t, l, crop, crop)),
+                    crop,
+                )
+            }
+            Resize::None => unreachable!("checked by takes_any_size"),
+        };
+        let flip = self.augment.hflip && rng.random_bool(0.5);
+        if let Some(j) = &self.augment.jitter {
+            j.apply(&mut crop, &mut rng);
+        }
+        self.write(&crop, (side, side, 3), (0, 0, 0), flip, 0.0, out);
+        Ok(())
     }
 
     /// Crop offset, flip and rotation as one inverse map from output to source pixel, then the

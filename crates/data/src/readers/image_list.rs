@@ -11,7 +11,7 @@ use image::RgbImage;
 use rayon::prelude::*;
 
 use super::read_file;
-use crate::dataset::Dataset;
+use crate::dataset::{Dataset, ImageFiles};
 use crate::error::{DataError, Result};
 
 /// The largest label an image list may hold: 2^20 − 1, above every long-tailed benchmark
@@ -114,6 +114,29 @@ impl ImageList {
             Some(&first) if sizes.iter().all(|&s| s == first) => Some(first),
             _ => None,
         })
+    }
+
+    /// A streamed data set over this list's files: nothing is decoded here; the
+    /// [`crate::Batcher`] decodes each image when its batch is built. The network sees
+    /// `side × side` crops. Labels must be `< num_classes`.
+    pub fn streamed(
+        &self,
+        side: usize,
+        num_classes: usize,
+        class_names: Vec<String>,
+    ) -> Result<Dataset> {
+        let files = ImageFiles {
+            root: self.root.clone(),
+            paths: self.entries.iter().map(|e| e.0.clone()).collect(),
+        };
+        Dataset::from_files(
+            &self.list_path.display().to_string(),
+            files,
+            self.entries.iter().map(|e| e.1).collect(),
+            side,
+            num_classes,
+            class_names,
+        )
     }
 
     /// Decodes every image to RGB in parallel.

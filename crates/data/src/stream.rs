@@ -1,0 +1,505 @@
+//! Streamed images: decoding a file to RGB, and the torchvision-on-PIL transforms of the
+//! ImageNet-style recipes (docs/ride.md §6), computed as PIL computes them.
+//!
+//! The real benchmarks (ImageNet-LT: 115,846 training images, about 22 GB decoded at 256²;
+//! iNaturalist 2018: 437,513) are read from their list files and decoded per sample on the
+//! [`crate::Batcher`]'s worker threads, so memory does not grow with the data set.
+//!
+//! - [`decode_rgb`]: JPEG / PNG (any colour type) to 8-bit RGB, as PIL's `convert('RGB')`.
+//! - [`tv_resized_crop_params`]: `RandomResizedCrop.get_params` (10 tries, then the centre-crop
+//!   fallback), with Python's rounding.
+//! - [`tv_resize_size`] and [`tv_center_crop_offsets`]: `Resize(int)` and `CenterCrop`.
+//! - [`pil_resize`]: PIL's antialiased `BILINEAR` resampling, in its fixed-point arithmetic.
+//! - [`ColorJitter`]: `ColorJitter(b, c, s, 0)` through PIL's `ImageEnhance`.
+
+use std::path::Path;
+
+use rand::seq::SliceRandom;
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::error::{DataError, Result};
+
+/// A decoded image: 8-bit RGB, HWC.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RgbPixels {
+    /// `height · width · 3` bytes.
+    pub pixels: Vec<u8>,
+    /// Rows.
+    pub height: usize,
+    /// Columns.
+    pub width: usize,
+}
+
+/// Decodes an image file to 8-bit RGB, as `PIL.Image.open(path).convert('RGB')` (the official
+/// loaders' `pil_loader`): grayscale is replicated, CMYK converted, alpha dropped.
+///
+/// The decoder is the `image` crate's, whose JPEG path is `zune-jpeg` (SIMD IDCT and colour
+/// conversion, pure Rust, maintained with `image`): about as fast as libjpeg-turbo without a C
+/// dependency. It has no reduced-scale (DCT-domain) decoding; `jpeg-decoder` has (`scale`), but
+/// it is slower at full scale, and at 224² crops of ImageNet-sized JPEGs (about 500 × 375) the
+/// crop's shorter side is rarely twice the output side, the least a 1/2 DCT scale needs to keep
+/// the resampling exact, so it would seldom pay.
+///
+/// Errors name the file: [`DataError::Io`] when it cannot be read, [`DataError::Decode`] when the
+/// decoder fails, [`DataError::BadImage`] for a truncated JPEG (no end-of-image marker after its
+/// last scan: the decoder in non-strict mode would fill the missing part with grey, where PIL
+/// raises "image file is truncated").
+pub fn decode_rgb(path: &Path) -> Result<RgbPixels> {
+    let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+    if bytes.is_empty() {
+        return Err(DataError::BadImage {
+            path: path.to_path_buf(),
+            reason: "empty file".into(),
+        });
+    }
+    if bytes.starts_with(&[0xFF, 0xD8]) && jpeg_truncated(&bytes) {
+        return Err(DataError::BadImage {
+            path: path.to_path_buf(),
+            reason: "truncated JPEG (no end-of-image marker after the last scan)".into(),
+        });
+    }
+    let img = image::load_from_memory(&bytes).map_err(|source| DataError::Decode {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let rgb = img.into_rgb8();
+    let (w, h) = rgb.dimensions();
+    if w == 0 || h == 0 {
+        return Err(DataError::BadImage {
+            path: path.to_path_buf(),
+            reason: format!("image is {w}x{h}"),
+        });
+    }
+    Ok(RgbPixels {
+        pixels: rgb.into_raw(),
+        height: h as usize,
+        width: w as usize,
+    })
+}
+
+/// Whether a JPEG stream lacks an end-of-image marker (`FF D9`) after its last start-of-scan
+/// (`FF DA`). Entropy-coded data stuffs every `FF` byte as `FF 00`, so neither marker can occur
+/// inside a scan by accident.
+fn jpeg_truncated(bytes: &[u8]) -> bool {
+    let last = |m: u8| bytes.windows(2).rposition(|p| p[0] == 0xFF && p[1] == m);
+    match (last(0xDA), last(0xD9)) {
+        (Some(sos), Some(eoi)) => eoi < sos,
+        (Some(_), None) => true,
+        // No scan at all: let the decoder say what is wrong.
+        (None, _) => false,
+    }
+}
+
+/// Python's `round` (half to even), as torchvision's `int(round(x))`.
+fn py_round(x: f64) -> usize {
+    x.round_ties_even().max(0.0) as usize
+}
+
+/// torchvision `RandomResizedCrop.get_params(img, scale, ratio)`: `(top, left, height, width)`.
+///
+/// Up to ten tries: area fraction `U(scale)`, aspect `exp(U(log ratio))`, `w = round(√(A·r))`,
+/// `h = round(√(A/r))`; the first that fits is placed uniformly (`randint(0, H − h + 1)`, then
+/// the same for the left edge). Otherwise the fallback: the whole image with its aspect clamped
+/// into `ratio` (`h = round(W / min ratio)` or `w = round(H · max ratio)`), centred with floor
+/// division. Rounding is Python's (half to even). The draws come from `rng` (ChaCha8), not
+/// torch's generator, so the crops match torchvision's in distribution, not draw for draw.
+pub fn tv_resized_crop_params(
+    h: usize,
+    w: usize,
+    scale: (f64, f64),
+    ratio: (f64, f64),
+    rng: &mut ChaCha8Rng,
+) -> (usize, usize, usize, usize) {
+    let area = (h * w) as f64;
+    let (lr0, lr1) = (ratio.0.ln(), ratio.1.ln());
+    for _ in 0..10 {
+        let target = area * rng.random_range(scale.0..=scale.1);
+        let aspect = rng.random_range(lr0..=lr1).exp();
+        let cw = py_round((target * aspect).sqrt());
+        let ch = py_round((target / aspect).sqrt());
+        if cw > 0 && cw <= w && ch > 0 && ch <= h {
+            let top = rng.random_range(0..=h - ch);
+            let left = rng.random_range(0..=w - cw);
+            return (top, left, ch, cw);
+        }
+    }
+    let in_ratio = w as f64 / h as f64;
+    let (ch, cw) = if in_ratio < ratio.0 {
+        (py_round(w as f64 / ratio.0), w)
+    } else if in_ratio > ratio.1 {
+        (h, py_round(h as f64 * ratio.1))
+    } else {
+        (h, w)
+    };
+    // torchvision's values always lie in 1..=side; the clamp only guards degenerate ratios.
+    let (ch, cw) = (ch.clamp(1, h), cw.clamp(1, w));
+    ((h - ch) / 2, (w - cw) / 2, ch, cw)
+}
+
+/// torchvision `Resize(size)` with an int: the shorter side becomes `size`, the longer
+/// `int(size · long / short)` (truncated). Returns `(height, width)`.
+pub fn tv_resize_size(h: usize, w: usize, size: usize) -> (usize, usize) {
+    if h <= w {
+        (size, (size as f64 * w as f64 / h as f64) as usize)
+    } else {
+        ((size as f64 * h as f64 / w as f64) as usize, size)
+    }
+}
+
+/// torchvision `CenterCrop(crop)` offsets `(top, left)` on an `h × w` image at least `crop` a
+/// side: `int(round((h − crop) / 2))` (Python rounding, so 16.5 → 16).
+pub fn tv_center_crop_offsets(h: usize, w: usize, crop: usize) -> (usize, usize) {
+    (
+        py_round((h - crop) as f64 / 2.0),
+        py_round((w - crop) as f64 / 2.0),
+    )
+}
+
+/// PIL's fixed-point precision for 8-bit resampling (`PRECISION_BITS = 32 − 8 − 2`).
+const PRECISION_BITS: u32 = 22;
+
+/// One axis of PIL's resampling: for every output index, the first input index, the number of
+/// taps, and `ksize` fixed-point weights.
+struct Taps {
+    bounds: Vec<(usize, usize)>,
+    weights: Vec<i32>,
+    ksize: usize,
+}
+
+/// PIL `precompute_coeffs` for the bilinear (triangle) filter, support 1, over the input span
+/// `0..in_size` to `out_size` samples, then `normalize_coeffs_8bpc`.
+fn taps(in_size: usize, out_size: usize) -> Taps {
+    let scale = in_size as f64 / out_size as f64;
+    let filterscale = scale.max(1.0);
+    let support = filterscale;
+    let ksize = support.ceil() as usize * 2 + 1;
+    let ss = 1.0 / filterscale;
+    let mut bounds = Vec::with_capacity(out_size);
+    let mut weights = vec![0i32; out_size * ksize];
+    let mut pre = vec![0f64; ksize];
+    for xx in 0..out_size {
+        let center = (xx as f64 + 0.5) * scale;
+        // C's (int) truncates toward zero, as `as` does.
+        let xmin = ((center - support + 0.5) as i64).max(0) as usize;
+        let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
+        let n = xmax.saturating_sub(xmin).min(ksize);
+        let mut ww = 0.0;
+        for (x, p) in pre.iter_mut().enumerate().take(n) {
+            let t = ((x + xmin) as f64 - center + 0.5) * ss;
+            let t = t.abs();
+            *p = if t < 1.0 { 1.0 - t } else { 0.0 };
+            ww += *p;
+        }
+        for (x, p) in pre.iter().enumerate().take(n) {
+            let k = if ww != 0.0 { p / ww } else { *p };
+            let f = k * (1u32 << PRECISION_BITS) as f64;
+            weights[xx * ksize + x] = if k < 0.0 {
+                (-0.5 + f) as i32
+            } else {
+                (0.5 + f) as i32
+            };
+        }
+        bounds.push((xmin, n));
+    }
+    Taps {
+        bounds,
+        weights,
+        ksize,
+    }
+}
+
+/// PIL's `clip8`: the fixed-point sum shifted down, clamped to 0..=255.
+#[inline]
+fn clip8(ss: i32) -> u8 {
+    (ss >> PRECISION_BITS).clamp(0, 255) as u8
+}
+
+/// PIL `Image.crop((left, top, left + cw, top + ch)).resize((ow, oh), BILINEAR)` on an HWC u8
+/// image of `(h, w, c)`, returning only the window `(wy, wx, wh, ww)` of the resized image
+/// (every output pixel's weights are its own, so the window is exactly what PIL's whole resize
+/// followed by a crop gives, without computing the rest).
+///
+/// This is PIL's antialiased resampling (`ImagingResample`): a triangle filter stretched by the
+/// downscale factor, normalised weights in 22-bit fixed point, a horizontal pass (rounded to
+/// 8 bits) and then a vertical pass, each only where its size changes.
+///
+/// # Panics
+/// If the crop lies outside the image or the window outside the output, like slice indexing.
+#[allow(clippy::too_many_arguments)]
+pub fn pil_resize(
+    img: &[u8],
+    (h, w, c): (usize, usize, usize),
+    (top, left, ch, cw): (usize, usize, usize, usize),
+    (oh, ow): (usize, usize),
+    (wy, wx, wh, ww): (usize, usize, usize, usize),
+) -> Vec<u8> {
+    assert!(top + ch <= h && left + cw <= w && wy + wh <= oh && wx + ww <= ow);
+    let hor = (ow != cw).then(|| taps(cw, ow));
+    let ver = (oh != ch).then(|| taps(ch, oh));
+    // Rows of the crop the vertical pass reads.
+    let (r0, r1) = match &ver {
+        Some(v) => {
+            let rows = &v.bounds[wy..wy + wh];
+            (
+                rows.iter().map(|b| b.0).min().unwrap_or(0),
+                rows.iter().map(|b| b.0 + b.1).max().unwrap_or(0),
+            )
+        }
+        None => (wy, wy + wh),
+    };
+    let half = 1i32 << (PRECISION_BITS - 1);
+    let mut temp = vec![0u8; (r1 - r0) * ww * c];
+    for r in r0..r1 {
+        let row = &img[((top + r) * w + left) * c..((top + r) * w + left + cw) * c];
+        let out = &mut temp[(r - r0) * ww * c..(r - r0 + 1) * ww * c];
+        match &hor {
+            None => out.copy_from_slice(&row[wx * c..(wx + ww) * c]),
+            Some(t) => {
+                for j in 0..ww {
+                    let (xmin, n) = t.bounds[wx + j];
+                    let k = &t.weights[(wx + j) * t.ksize..(wx + j) * t.ksize + n];
+                    let src = &row[xmin * c..(xmin + n) * c];
+                    for ch in 0..c {
+                        let mut ss = half;
+                        for (x, &kx) in k.iter().enumerate() {
+                            ss += src[x * c + ch] as i32 * kx;
+                        }
+                        out[j * c + ch] = clip8(ss);
+                    }
+                }
+            }
+        }
+    }
+    let stride = ww * c;
+    match &ver {
+        None => temp,
+        Some(t) => {
+            let mut out = vec![0u8; wh * stride];
+            let mut acc = vec![0i32; stride];
+            for i in 0..wh {
+                let (ymin, n) = t.bounds[wy + i];
+                let k = &t.weights[(wy + i) * t.ksize..(wy + i) * t.ksize + n];
+                acc.fill(half);
+                for (y, &ky) in k.iter().enumerate() {
+                    let src = &temp[(ymin + y - r0) * stride..(ymin + y - r0 + 1) * stride];
+                    for (a, &s) in acc.iter_mut().zip(src) {
+                        *a += s as i32 * ky;
+                    }
+                }
+                for (o, &a) in out[i * stride..(i + 1) * stride].iter_mut().zip(&acc) {
+                    *o = clip8(a);
+                }
+            }
+            out
+        }
+    }
+}
+
+/// torchvision `ColorJitter(brightness, contrast, saturation, hue = 0)` on a PIL RGB image:
+/// factors drawn uniformly in `[max(0, 1 − v), 1 + v]`, applied in a random order
+/// (`torch.randperm(4)`; the hue slot does nothing), each through PIL's `ImageEnhance`.
+/// ImageNet-LT and Places-LT train with `(0.4, 0.4, 0.4)` (docs/ride.md §6); iNaturalist 2018
+/// without.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ColorJitter {
+    /// Brightness strength (0: off).
+    pub brightness: f32,
+    /// Contrast strength (0: off).
+    pub contrast: f32,
+    /// Saturation strength (0: off).
+    pub saturation: f32,
+}
+
+impl ColorJitter {
+    /// The ImageNet-LT / Places-LT jitter, `ColorJitter(0.4, 0.4, 0.4, 0)`.
+    pub fn imagenet() -> ColorJitter {
+        ColorJitter {
+            brightness: 0.4,
+            contrast: 0.4,
+            saturation: 0.4,
+        }
+    }
+
+    /// Fails unless every strength is finite and non-negative.
+    pub fn check(&self) -> Result<()> {
+        for v in [self.brightness, self.contrast, self.saturation] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(DataError::BadParameter {
+                    name: "colour jitter",
+                    value: format!("{self:?}"),
+                    reason: "strengths must be finite and non-negative".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Draws the order and the factors: `(order, [brightness, contrast, saturation])`, where
+    /// `order` is a permutation of `0..4` (0 brightness, 1 contrast, 2 saturation, 3 hue) and a
+    /// factor is `None` when its strength is 0, as torchvision's `get_params`.
+    pub fn draw(&self, rng: &mut ChaCha8Rng) -> ([usize; 4], [Option<f32>; 3]) {
+        let mut order = [0, 1, 2, 3];
+        order.shuffle(rng);
+        let mut f = [None; 3];
+        for (slot, v) in f
+            .iter_mut()
+            .zip([self.brightness, self.contrast, self.saturation])
+        {
+            if v > 0.0 {
+                *slot = Some(rng.random_range((1.0 - v).max(0.0)..=1.0 + v));
+            }
+        }
+        (order, f)
+    }
+
+    /// Draws ([`ColorJitter::draw`]) and applies the jitter to an RGB HWC image in place.
+    pub fn apply(&self, rgb: &mut [u8], rng: &mut ChaCha8Rng) {
+        let (order, f) = self.draw(rng);
+        for op in order {
+            match (op, f.get(op).copied().flatten()) {
+                (0, Some(b)) => adjust_brightness(rgb, b),
+                (1, Some(c)) => adjust_contrast(rgb, c),
+                (2, Some(s)) => adjust_saturation(rgb, s),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// PIL `Image.blend(degenerate, image, alpha)` for one value: `deg + α·(v − deg)` in float32,
+/// truncated and clamped to 0..=255 (`ImagingBlend`).
+#[inline]
+fn blend(deg: u8, v: u8, alpha: f32) -> u8 {
+    let t = deg as f32 + alpha * (v as i32 - deg as i32) as f32;
+    if t <= 0.0 {
+        0
+    } else if t >= 255.0 {
+        255
+    } else {
+        t as u8
+    }
+}
+
+/// PIL's RGB → L: `(19595 R + 38470 G + 7471 B + 0x8000) >> 16`.
+#[inline]
+fn luma(p: &[u8]) -> u8 {
+    ((p[0] as u32 * 19595 + p[1] as u32 * 38470 + p[2] as u32 * 7471 + 0x8000) >> 16) as u8
+}
+
+/// `ImageEnhance.Brightness(img).enhance(f)`: a blend with black.
+pub fn adjust_brightness(rgb: &mut [u8], f: f32) {
+    for v in rgb.iter_mut() {
+        *v = blend(0, *v, f);
+    }
+}
+
+/// `ImageEnhance.Contrast(img).enhance(f)`: a blend with the grey `int(mean(L) + 0.5)`.
+pub fn adjust_contrast(rgb: &mut [u8], f: f32) {
+    let n = rgb.len() / 3;
+    if n == 0 {
+        return;
+    }
+    let sum: u64 = rgb.chunks_exact(3).map(|p| luma(p) as u64).sum();
+    let mean = (sum as f64 / n as f64 + 0.5) as u8;
+    for v in rgb.iter_mut() {
+        *v = blend(mean, *v, f);
+    }
+}
+
+/// `ImageEnhance.Color(img).enhance(f)`: a blend with the image's own grey (`convert('L')`).
+pub fn adjust_saturation(rgb: &mut [u8], f: f32) {
+    for p in rgb.chunks_exact_mut(3) {
+        let l = luma(p);
+        for v in p.iter_mut() {
+            *v = blend(l, *v, f);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn pil_taps_match_hand_computed_weights() {
+        // 4 → 2: scale 2, support 2; output 0 has centre 1, taps x = 0, 1, 2 with triangle
+        // weights 0.75, 0.75, 0.25 (over 1.75).
+        let t = taps(4, 2);
+        assert_eq!(t.ksize, 5);
+        assert_eq!(t.bounds, [(0, 3), (1, 3)]);
+        let one = (1u32 << PRECISION_BITS) as f64;
+        let want = [0.75 / 1.75, 0.75 / 1.75, 0.25 / 1.75];
+        for (k, w) in t.weights[..3].iter().zip(want) {
+            assert_eq!(*k, (0.5 + w * one) as i32);
+        }
+        // A 1-row ramp: (0·0.75 + 100·0.75 + 200·0.25) / 1.75 = 71.43 → 71 (round-half-up in
+        // fixed point); (100·0.25 + 200·0.75 + 255·0.75) / 1.75 = 209.3 → 209.
+        let row = [0u8, 100, 200, 255];
+        let out = pil_resize(&row, (1, 4, 1), (0, 0, 1, 4), (1, 2), (0, 0, 1, 2));
+        assert_eq!(out, [71, 209]);
+        // Upscaling 2 → 4 is plain bilinear with half-pixel centres: 0, 25, 75, 100.
+        let out = pil_resize(&[0, 100], (1, 2, 1), (0, 0, 1, 2), (1, 4), (0, 0, 1, 4));
+        assert_eq!(out, [0, 25, 75, 100]);
+        // Same size on both axes is a copy of the crop.
+        let img: Vec<u8> = (0..30).collect();
+        let out = pil_resize(&img, (5, 6, 1), (1, 2, 3, 3), (3, 3), (0, 0, 3, 3));
+        assert_eq!(out, [8, 9, 10, 14, 15, 16, 20, 21, 22]);
+    }
+
+    #[test]
+    fn torchvision_sizes_use_python_rounding() {
+        // Resize(256) of 500×375 (w×h): 256 × 500/375 = 341.33 → 341.
+        assert_eq!(tv_resize_size(375, 500, 256), (256, 341));
+        assert_eq!(tv_resize_size(500, 375, 256), (341, 256));
+        // CenterCrop(224) of 256×341: (341 − 224)/2 = 58.5 → 58 (half to even), top 16.
+        assert_eq!(tv_center_crop_offsets(256, 341, 224), (16, 58));
+        assert_eq!(tv_center_crop_offsets(227, 229, 224), (2, 2)); // 1.5 → 2, 2.5 → 2
+    }
+
+    #[test]
+    fn resized_crop_fallback_is_the_ratio_clamped_centre() {
+        // A 1×100 strip: no try fits (h ≤ 1 needs w ≤ 1.33 at area ≥ 8), so the fallback:
+        // in_ratio 100 > 4/3 → h = 1, w = round(1 · 4/3) = 1, centred at (0, 49).
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        assert_eq!(
+            tv_resized_crop_params(1, 100, (0.08, 1.0), (0.75, 4.0 / 3.0), &mut rng),
+            (0, 49, 1, 1)
+        );
+        // 10×2: in_ratio 0.2 < 3/4 → w = 2, h = round(2 / 0.75) = round(2.67) = 3, top (10−3)/2 = 3.
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        assert_eq!(
+            tv_resized_crop_params(10, 2, (0.9, 1.0), (0.75, 4.0 / 3.0), &mut rng),
+            (3, 0, 3, 2)
+        );
+    }
+
+    #[test]
+    fn enhance_ops_follow_pil() {
+        let mut px = [10u8, 200, 100];
+        adjust_brightness(&mut px, 1.5);
+        assert_eq!(px, [15, 255, 150]); // 15.0, 300 → 255, 150.0
+        // PIL truncates rather than rounds: 0.5 · 7 = 3.5 → 3.
+        let mut px = [7u8, 9, 1];
+        adjust_brightness(&mut px, 0.5);
+        assert_eq!(px, [3, 4, 0]);
+        // Luma of (10, 200, 100): (195950 + 7694000 + 747100 + 32768) >> 16 = 132.
+        assert_eq!(luma(&[10, 200, 100]), 132);
+        let mut px = [10u8, 200, 100];
+        adjust_saturation(&mut px, 0.5);
+        // 132 + 0.5·(10 − 132) = 71; 132 + 34 = 166; 132 − 16 = 116.
+        assert_eq!(px, [71, 166, 116]);
+        // Contrast: mean luma of two pixels (0 and 255 grey) = 127.5 → int(128.0) = 128.
+        let mut px = [0u8, 0, 0, 255, 255, 255];
+        adjust_contrast(&mut px, 0.5);
+        assert_eq!(px, [64, 64, 64, 191, 191, 191]); // 128 − 64, 128 + 63.5 → 191
+    }
+
+    #[test]
+    fn truncation_marker_rule() {
+        let ok = [0xFF, 0xD8, 0xFF, 0xDA, 1, 0xFF, 0x00, 2, 0xFF, 0xD9];
+        assert!(!jpeg_truncated(&ok));
+        assert!(jpeg_truncated(&ok[..8]));
+    }
+}
