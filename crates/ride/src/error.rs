@@ -67,6 +67,44 @@ pub enum RideError {
         /// What is wrong with it, as a predicate (`is not a router file`).
         reason: String,
     },
+    /// The distillation teacher named in `[method.distill] teacher` does not exist (no such file,
+    /// or a folder without `last.safetensors`).
+    #[error("distillation teacher {} not found: train it first (longtail train --preset <data set's ride .teacher preset> --out {}), or name a finished run with --teacher", .path.display(), .path.display())]
+    TeacherMissing {
+        /// The teacher path as configured.
+        path: std::path::PathBuf,
+    },
+    /// The teacher's run does not fit the student (class count, input channels, data set).
+    #[error("distillation teacher {}: its {what} is {teacher}, the student's is {student}", .path.display())]
+    TeacherMismatch {
+        /// The teacher's checkpoint file.
+        path: std::path::PathBuf,
+        /// What differs.
+        what: &'static str,
+        /// The teacher's value.
+        teacher: String,
+        /// The student's value.
+        student: String,
+    },
+    /// The teacher's run stopped before its last epoch.
+    #[error("distillation teacher {} stopped at epoch {epoch} of {epochs}: finish it first (longtail train --resume with its --out)", .path.display())]
+    TeacherUnfinished {
+        /// The teacher's checkpoint file.
+        path: std::path::PathBuf,
+        /// The epoch of its checkpoint.
+        epoch: usize,
+        /// The epochs of its recipe.
+        epochs: usize,
+    },
+    /// Distillation was asked of a run whose method is not RIDE.
+    #[error("distillation (a teacher) is a RIDE setting, but the method here is {method}")]
+    NotRide {
+        /// The run's method.
+        method: String,
+    },
+    /// A teacher was asked for a RIDE run that does not distil.
+    #[error("the RIDE run has no [method.distill] table: nothing to distil")]
+    NotDistilling,
     /// The engine failed (data, checkpoint, evaluation); boxed to keep the error small.
     #[error(transparent)]
     Train(Box<longtail_train::TrainError>),

@@ -20,6 +20,8 @@
 //! - [`presets`]: the official recipes as typed run configs ([`presets::PRESETS`]).
 //! - [`stage2`]: training the router on a finished run ([`stage2::train_router`]), saving and
 //!   loading it, and the routed evaluation ([`stage2::evaluate_routed`]).
+//! - [`distill`]: the optional distillation from a finished 6-expert teacher ([`DistillConfig`],
+//!   the `[method.distill]` table; [`distill_kl`]; [`Teacher`]).
 //! - [`RideError`]: what can go wrong when building any of these.
 //!
 //! ```
@@ -37,6 +39,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod distill;
 mod error;
 mod loss;
 mod method;
@@ -44,6 +47,7 @@ pub mod presets;
 mod router;
 pub mod stage2;
 
+pub use distill::{distill_kl, DistillConfig, Teacher};
 pub use error::RideError;
 pub use longtail_losses::{diversity_temperatures, drw_weights, ldam_margins};
 pub use loss::{ldam_ce, RideLoss, RideLossConfig};

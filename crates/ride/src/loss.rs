@@ -39,6 +39,11 @@ pub struct RideLossConfig {
     /// β of the DRW "effective number" weights `(1 − β)/(1 − β^n)` (fixed to 0.9999 in the
     /// official code).
     pub drw_beta: f64,
+    /// Knowledge distillation from a finished teacher run (`[method.distill]`; docs/ride.md §4).
+    /// `None` (the default, and what a config without the table reads as) trains without one.
+    /// [`RideLoss`] itself ignores it: the method ([`crate::RideMethod`]) adds the term.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub distill: Option<crate::DistillConfig>,
 }
 
 impl Default for RideLossConfig {
@@ -52,14 +57,19 @@ impl Default for RideLossConfig {
             reweight_factor: 0.05,
             reweight_epoch: None,
             drw_beta: 0.9999,
+            distill: None,
         }
     }
 }
 
 impl RideLossConfig {
     /// Checks that every value is finite and in range: `max_margin ≥ 0`, `scale > 0`,
-    /// `base_diversity_temperature > 0`, `0 ≤ reweight_factor ≤ 1`, `0 ≤ drw_beta < 1`.
+    /// `base_diversity_temperature > 0`, `0 ≤ reweight_factor ≤ 1`, `0 ≤ drw_beta < 1`, and the
+    /// distillation settings if any ([`crate::DistillConfig::check`]).
     pub fn check(&self) -> Result<(), RideError> {
+        if let Some(d) = &self.distill {
+            d.check()?;
+        }
         let fields = [
             ("max_margin", self.max_margin),
             ("scale", self.scale),

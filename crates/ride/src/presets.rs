@@ -1,5 +1,8 @@
 //! The official RIDE stage-1 recipes (docs/ride.md §3 "Config values" and §5) as typed run
-//! configs, plus two recipes of our own (`ride.cifar10-lt`, `ride.fmnist-lt`).
+//! configs, plus two recipes of our own (`ride.cifar10-lt`, `ride.fmnist-lt`), and the
+//! distillation pairs (docs/ride.md §4): `<recipe>.teacher` (6 experts) and `<recipe>.distill`
+//! (the student, whose `[method.distill] teacher` is the teacher preset's default run folder,
+//! `runs/<recipe>.teacher-seed0`; `longtail train --teacher RUN` points it elsewhere).
 //!
 //! Each row of [`PRESETS`] builds a complete [`RunConfig`]: the data, the network, the RIDE
 //! loss settings and the optimisation, with the official values.
@@ -10,7 +13,8 @@ use longtail_train::{
     DataConfig, LrSchedule, MethodConfig, OptimConfig, Preset, RunConfig, SgdConfig,
 };
 
-use crate::RideLossConfig;
+use crate::distill::TEACHER_EXPERTS;
+use crate::{DistillConfig, RideLossConfig};
 
 /// Every RIDE preset.
 pub const PRESETS: &[Preset] = &[
@@ -44,7 +48,124 @@ pub const PRESETS: &[Preset] = &[
             "bundled Fashion-MNIST-LT, 1-block ResNet-s 3 experts, 48 epochs (steps 32/40, DRW at 32): a CPU recipe",
         build: fmnist_lt,
     },
+    Preset {
+        name: "ride.fmnist-lt.teacher",
+        summary: "distillation teacher: ride.fmnist-lt with 6 experts (as the official teacher configs)",
+        build: fmnist_lt_teacher,
+    },
+    Preset {
+        name: "ride.fmnist-lt.distill",
+        summary: "ride.fmnist-lt, 3 experts, distilled from runs/ride.fmnist-lt.teacher-seed0 (T 1.5, a 1, warm-up 5)",
+        build: fmnist_lt_distill,
+    },
+    Preset {
+        name: "ride.cifar100-lt.teacher",
+        summary: "distillation teacher, 6 experts; official config_imbalance_cifar100_ride_teacher.json",
+        build: cifar100_lt_teacher,
+    },
+    Preset {
+        name: "ride.cifar100-lt.distill",
+        summary: "3 experts from runs/ride.cifar100-lt.teacher-seed0; official config_imbalance_cifar100_distill_ride.json",
+        build: cifar100_lt_distill,
+    },
+    Preset {
+        name: "ride.imagenet-lt.teacher",
+        summary: "distillation teacher, ResNeXt-50 6 experts; distill_arch of config_imagenet_lt_resnext50_distill_ride.json",
+        build: imagenet_lt_teacher,
+    },
+    Preset {
+        name: "ride.imagenet-lt.distill",
+        summary: "ResNeXt-50 3 experts from runs/ride.imagenet-lt.teacher-seed0; official config_imagenet_lt_resnext50_distill_ride.json",
+        build: imagenet_lt_distill,
+    },
+    Preset {
+        name: "ride.inat2018.teacher",
+        summary: "distillation teacher, ResNet-50 6 experts; distill_arch of config_iNaturalist_resnet50_distill_ride.json",
+        build: inat2018_teacher,
+    },
+    Preset {
+        name: "ride.inat2018.distill",
+        summary: "ResNet-50 3 experts from runs/ride.inat2018.teacher-seed0; official config_iNaturalist_resnet50_distill_ride.json",
+        build: inat2018_distill,
+    },
 ];
+
+/// Whether the preset `name` is one stage of a distillation pair (`<recipe>.teacher` or
+/// `<recipe>.distill`) rather than a one-stage recipe: the registry derives a CE baseline only
+/// from the one-stage recipes.
+pub fn is_distillation_stage(name: &str) -> bool {
+    name.ends_with(".teacher") || name.ends_with(".distill")
+}
+
+/// `recipe` with [`TEACHER_EXPERTS`] experts: the official teacher configs are the plain RIDE
+/// configs with `num_experts: 6` (docs/ride.md §4, §5).
+fn teacher(recipe: fn() -> RunConfig) -> RunConfig {
+    let mut r = recipe();
+    r.model.num_experts = TEACHER_EXPERTS;
+    r
+}
+
+/// `recipe` (3 experts, as `arch` of the official distill configs) distilled from the default run
+/// folder of `<name>.teacher` with the official `T_d` 1.5 and `a` 1, the loss `×E`, and warm-up
+/// `warmup` (docs/ride.md §4, §5).
+fn student(recipe: fn() -> RunConfig, name: &str, warmup: usize) -> RunConfig {
+    let mut r = recipe();
+    let mut loss: RideLossConfig = r.method.settings().expect("RIDE settings read back");
+    loss.distill = Some(DistillConfig::official(format!(
+        "runs/{name}.teacher-seed0"
+    )));
+    r.method = MethodConfig::new("ride", &loss).expect("RIDE settings serialise");
+    if let LrSchedule::Steps { warmup: w, .. } = &mut r.optim.schedule {
+        *w = warmup;
+    }
+    r
+}
+
+/// The teacher of `ride.fmnist-lt.distill`: `ride.fmnist-lt` with 6 experts.
+fn fmnist_lt_teacher() -> RunConfig {
+    teacher(fmnist_lt)
+}
+
+/// `ride.fmnist-lt` distilled from `ride.fmnist-lt.teacher`. The official CIFAR student warms up
+/// for 20 of 200 epochs (the teacher for 5); 20/200 of our 48 epochs is 4.8, so 5 epochs here.
+fn fmnist_lt_distill() -> RunConfig {
+    student(fmnist_lt, "ride.fmnist-lt", 5)
+}
+
+/// `config_imbalance_cifar100_ride_teacher.json`: `ride.cifar100-lt` with 6 experts.
+fn cifar100_lt_teacher() -> RunConfig {
+    teacher(cifar100_lt)
+}
+
+/// `config_imbalance_cifar100_distill_ride.json`: `ride.cifar100-lt` with the distillation term
+/// and a 20-epoch warm-up (docs/ride.md §5).
+fn cifar100_lt_distill() -> RunConfig {
+    student(cifar100_lt, "ride.cifar100-lt", 20)
+}
+
+/// The `distill_arch` of `config_imagenet_lt_resnext50_distill_ride.json`: ResNeXt-50, 6 experts,
+/// otherwise `ride.imagenet-lt`.
+fn imagenet_lt_teacher() -> RunConfig {
+    teacher(imagenet_lt)
+}
+
+/// `config_imagenet_lt_resnext50_distill_ride.json`: `ride.imagenet-lt` (3 experts, warm-up 5)
+/// with the distillation term. The model zoo's distilled ImageNet-LT row has 4 experts
+/// (`--experts 4`; docs/ride.md §8).
+fn imagenet_lt_distill() -> RunConfig {
+    student(imagenet_lt, "ride.imagenet-lt", 5)
+}
+
+/// The `distill_arch` of `config_iNaturalist_resnet50_distill_ride.json`: ResNet-50, 6 experts.
+fn inat2018_teacher() -> RunConfig {
+    teacher(inat2018)
+}
+
+/// `config_iNaturalist_resnet50_distill_ride.json`: `ride.inat2018` (3 experts, warm-up 5) with
+/// the distillation term. The model zoo's distilled row has 4 experts (`--experts 4`).
+fn inat2018_distill() -> RunConfig {
+    student(inat2018, "ride.inat2018", 5)
+}
 
 fn ride_loss(diversity_factor: f64, reweight_epoch: usize, reweight_factor: f64) -> RideLossConfig {
     RideLossConfig {

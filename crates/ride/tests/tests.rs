@@ -905,3 +905,7 @@ mod router {
         Ok(())
     }
 }
+
+// ---------------------------------------------------- distillation from a 6-expert teacher (§4)
+
+mod distill;
