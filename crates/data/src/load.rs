@@ -72,7 +72,9 @@ impl DatasetName {
                 "ImageNet_LT_test.txt",
                 Some("ImageNet_LT_val.txt"),
             )),
-            DatasetName::Inat2018 => Some(("iNaturalist18_train.txt", "iNaturalist18_val.txt", None)),
+            DatasetName::Inat2018 => {
+                Some(("iNaturalist18_train.txt", "iNaturalist18_val.txt", None))
+            }
             DatasetName::PlacesLt => Some((
                 "Places_LT_train.txt",
                 "Places_LT_test.txt",
@@ -407,7 +409,10 @@ fn streamed_splits(
     val: Option<&ImageList>,
     side: usize,
 ) -> Result<Splits> {
-    let lists: Vec<&ImageList> = [Some(train), Some(test), val].into_iter().flatten().collect();
+    let lists: Vec<&ImageList> = [Some(train), Some(test), val]
+        .into_iter()
+        .flatten()
+        .collect();
     let classes = lists_classes(&lists);
     if let Some(class) = train.first_missing_class(classes) {
         return Err(DataError::EmptyClass {

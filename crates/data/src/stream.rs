@@ -480,7 +480,7 @@ mod tests {
         let mut px = [10u8, 200, 100];
         adjust_brightness(&mut px, 1.5);
         assert_eq!(px, [15, 255, 150]); // 15.0, 300 → 255, 150.0
-        // PIL truncates rather than rounds: 0.5 · 7 = 3.5 → 3.
+                                        // PIL truncates rather than rounds: 0.5 · 7 = 3.5 → 3.
         let mut px = [7u8, 9, 1];
         adjust_brightness(&mut px, 0.5);
         assert_eq!(px, [3, 4, 0]);

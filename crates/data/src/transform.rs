@@ -8,8 +8,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::error::{DataError, Result};
-use crate::stream::{pil_resize, tv_center_crop_offsets, tv_resize_size, tv_resized_crop_params};
 pub use crate::stream::ColorJitter;
+use crate::stream::{pil_resize, tv_center_crop_offsets, tv_resize_size, tv_resized_crop_params};
 
 /// Per-channel normalisation `(x/255 − mean) / std`, as torchvision `ToTensor` + `Normalize`.
 #[derive(Clone, Debug, PartialEq)]
@@ -518,7 +518,13 @@ impl Prepared {
             Resize::RandomResized { size, scale, ratio } => {
                 let (t, l, ch, cw) = tv_resized_crop_params(h, w, scale, ratio, &mut rng);
                 (
-                    pil_resize(img, (h, w, 3), (t, l, ch, cw), (size, size), (0, 0, size, size)),
+                    pil_resize(
+                        img,
+                        (h, w, 3),
+                        (t, l, ch, cw),
+                        (size, size),
+                        (0, 0, size, size),
+                    ),
                     size,
                 )
             }

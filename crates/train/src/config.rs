@@ -89,7 +89,8 @@ impl MethodConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
-    /// `fmnist-lt` (bundled), `cifar10-lt`, `cifar100-lt`, `fmnist`.
+    /// `fmnist-lt` (bundled), `cifar10-lt`, `cifar100-lt`, `fmnist`, `image-list`, or a streamed
+    /// benchmark: `imagenet-lt`, `inat2018`, `places-lt` (official lists under `data_dir`).
     pub dataset: String,
     /// Directory of the data files (CIFAR binary, IDX); not needed for the bundled set.
     #[serde(default)]
@@ -106,6 +107,14 @@ pub struct DataConfig {
     /// Training sampler.
     #[serde(default)]
     pub sampler: SamplerKind,
+    /// Side of the square crops of a streamed data set (`imagenet-lt`, `inat2018`, `places-lt`):
+    /// 224 when absent, as the papers; the evaluation resize keeps the 256/224 ratio.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_size: Option<usize>,
+    /// Read the benchmark's validation list as the validation set (SADE's model selection on
+    /// ImageNet-LT and Places-LT); RIDE's loaders use none (docs/ride.md §6).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub val_list: bool,
 }
 
 impl DataConfig {
@@ -119,7 +128,39 @@ impl DataConfig {
             val_fraction: None,
             augment,
             sampler: SamplerKind::Shuffled,
+            image_size: None,
+            val_list: false,
         }
+    }
+}
+
+impl DataConfig {
+    /// The crop side of a streamed data set ([`DataConfig::image_size`], default 224).
+    pub fn side(&self) -> usize {
+        self.image_size.unwrap_or(224)
+    }
+
+    /// Checks what only the data section decides: a crop side in `1..=4096`; on a streamed
+    /// benchmark, a training augmentation that fixes the size (`imagenet`, `resized-crop-flip`
+    /// or `none`: the CIFAR recipes pad and crop images that all have one size).
+    pub fn check(&self) -> Result<(), TrainError> {
+        let side = self.side();
+        if !(1..=4096).contains(&side) {
+            return Err(TrainError::Config(format!(
+                "data.image_size must lie in 1..=4096 (got {side})"
+            )));
+        }
+        let streamed = self
+            .dataset
+            .parse::<longtail_data::DatasetName>()
+            .is_ok_and(|d| d.is_streamed());
+        if streamed && !(self.augment.is_resized_crop() || self.augment == AugmentKind::None) {
+            return Err(TrainError::Config(format!(
+                "data.augment = {:?} is a CIFAR recipe (pad + crop of equal-sized images); {} streams images of mixed sizes: use augment = \"imagenet\" (RandomResizedCrop, flip, ColorJitter) or \"resized-crop-flip\" (iNaturalist)",
+                self.augment, self.dataset
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -226,6 +267,7 @@ impl RunConfig {
                 "the sequential sampler is for evaluation; train with shuffled, class-balanced or square-root".into(),
             ));
         }
+        self.data.check()?;
         let sgd = self.optim.sgd;
         if !(0.0..1.0).contains(&sgd.momentum) {
             return Err(TrainError::Config(format!(

@@ -32,8 +32,9 @@ pub use eval::{evaluate, evaluate_with, Evaluation};
 pub use longtail_backbone::trainable_vars;
 pub use method::{method_error, Method, MethodKind, Preset};
 pub use run::{
-    check_fits, check_fits_in, load_data, load_run, machine_memory, metadata, train_run,
-    transforms, LoadedRun, OutMode, RunData, RunLock, CONFIG_FILE, LOCK_FILE, RUN_FILES,
+    check_fits, check_fits_in, load_data, load_run, machine_memory, metadata, per_class_csv,
+    train_run, train_run_with, transforms, write_per_class, LoadedRun, OutMode, RunData, RunLock,
+    TrunkInit, CONFIG_FILE, LOCK_FILE, PER_CLASS, RUN_FILES,
 };
 pub use schedule::LrSchedule;
 pub use sgd::{Sgd, SgdConfig};

@@ -10,10 +10,14 @@ use std::sync::Arc;
 use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
 use longtail_backbone::MultiExpert;
-use longtail_data::{load_splits, shot_groups, DataSpec, DatasetName, ShotRule, Splits, Transform};
+use longtail_data::{
+    load_benchmark, load_splits, shot_groups, Augment, AugmentKind, DataSpec, DatasetName, Shot,
+    ShotRule, Splits, StreamOptions, Transform,
+};
 
 use crate::checkpoint;
 use crate::config::{human_bytes, SizeEstimate};
+use crate::eval::Evaluation;
 use crate::trainer::{
     check_optimizer_state, check_same_config, fit, FitSummary, Progress, RunOptions, TrainData,
     BEST, LAST, METRICS, TIMING,
@@ -24,14 +28,17 @@ use crate::{trainable_vars, MethodKind, RunConfig, TrainError};
 pub const CONFIG_FILE: &str = "config.toml";
 /// File name of a run folder's lock file (holds the pid of the process that last took it).
 pub const LOCK_FILE: &str = ".lock";
+/// File name of the per-class test accuracy a finished run writes ([`write_per_class`]).
+pub const PER_CLASS: &str = "per_class.csv";
 /// The files a run writes into its folder: what `--overwrite` replaces. `router.safetensors` is
 /// RIDE's stage-2 router (`longtail route`), which belongs to the run it was trained on.
-pub const RUN_FILES: [&str; 6] = [
+pub const RUN_FILES: [&str; 7] = [
     LAST,
     BEST,
     METRICS,
     TIMING,
     CONFIG_FILE,
+    PER_CLASS,
     "router.safetensors",
 ];
 
@@ -173,6 +180,10 @@ pub fn check_fits_in(
 }
 
 /// Loads the data a config names.
+///
+/// A streamed benchmark (`imagenet-lt`, `inat2018`, `places-lt`) reads only its official lists
+/// here ([`load_benchmark`]): `data.image_size` crops, the val list as validation set when
+/// `data.val_list`, else a `data.val_fraction` split of the training list when asked.
 pub fn load_data(cfg: &RunConfig) -> Result<(DatasetName, Splits), TrainError> {
     let name: DatasetName = cfg.data.dataset.parse()?;
     let spec = DataSpec {
@@ -182,17 +193,108 @@ pub fn load_data(cfg: &RunConfig) -> Result<(DatasetName, Splits), TrainError> {
         val_fraction: cfg.data.val_fraction,
         seed: cfg.seed,
     };
-    Ok((name, load_splits(&spec)?))
+    let Some(root) = cfg.data.data_dir.as_deref().filter(|_| name.is_streamed()) else {
+        // The in-memory sets, and a streamed one without a directory (whose error says what to pass).
+        return Ok((name, load_splits(&spec)?));
+    };
+    let opts = StreamOptions {
+        side: cfg.data.side(),
+        val_list: cfg.data.val_list,
+    };
+    let mut splits = load_benchmark(name, root, opts)?;
+    if let Some(f) = cfg.data.val_fraction {
+        let (train, val) = splits.train.split_validation(f, cfg.seed)?;
+        splits.train = train;
+        splits.val = Some(val);
+    }
+    Ok((name, splits))
 }
 
 /// The training and evaluation transforms of a config: its augmentation, then the data set's
 /// normalisation.
+///
+/// On a streamed benchmark the crops are `data.image_size` (224) a side: training with the
+/// config's resized-crop augmentation (`none`: the evaluation transform), evaluation with
+/// `Resize(round(side · 256/224))` → `CenterCrop(side)`, as the official loaders (docs/ride.md §6).
 pub fn transforms(cfg: &RunConfig, name: DatasetName) -> (Transform, Transform) {
     let norm = name.normalize();
+    if name.is_streamed() {
+        let side = cfg.data.side();
+        let train = match cfg.data.augment {
+            AugmentKind::None => Augment::imagenet_eval(side),
+            kind => kind.augment_sized(side),
+        };
+        return (
+            Transform::train(train, norm.clone()),
+            Transform::train(Augment::imagenet_eval(side), norm),
+        );
+    }
     (
         Transform::train(cfg.data.augment.augment(), norm.clone()),
         Transform::eval(norm),
     )
+}
+
+/// Per-class results of an evaluation as CSV rows: `class,name,train_count,test_count,shot,accuracy`
+/// (accuracy in `[0, 1]` with 6 decimals, empty for a class without test images; names with a
+/// comma or quote are quoted). Shot groups by the RIDE rule on the training counts.
+pub fn per_class_csv(eval: &Evaluation, counts: &[usize], names: &[String]) -> String {
+    let classes = eval.num_classes;
+    let mut hit = vec![0usize; classes];
+    let mut seen = vec![0usize; classes];
+    for (p, &y) in eval.predictions().iter().zip(&eval.labels) {
+        let y = y as usize;
+        if y < classes {
+            seen[y] += 1;
+            hit[y] += usize::from(*p as usize == y);
+        }
+    }
+    let shots = shot_groups(counts, ShotRule::Ride);
+    let mut out = String::from("class,name,train_count,test_count,shot,accuracy\n");
+    for c in 0..classes {
+        let name = names.get(c).map(String::as_str).unwrap_or("");
+        let name = if name.contains([',', '"', '\n']) {
+            format!("\"{}\"", name.replace('"', "\"\""))
+        } else {
+            name.to_string()
+        };
+        let acc = if seen[c] > 0 {
+            format!("{:.6}", hit[c] as f64 / seen[c] as f64)
+        } else {
+            String::new()
+        };
+        let shot = shots.get(c).copied().map(Shot::name).unwrap_or("");
+        out.push_str(&format!(
+            "{c},{name},{},{},{shot},{acc}\n",
+            counts.get(c).copied().unwrap_or(0),
+            seen[c]
+        ));
+    }
+    out
+}
+
+/// Writes [`per_class_csv`] into `dir`/[`PER_CLASS`] (atomically): a thousand or more rows
+/// belong in a file, not on the terminal.
+pub fn write_per_class(
+    dir: &Path,
+    eval: &Evaluation,
+    counts: &[usize],
+    names: &[String],
+) -> Result<PathBuf, TrainError> {
+    let path = dir.join(PER_CLASS);
+    checkpoint::write_atomic(&path, per_class_csv(eval, counts, names).as_bytes())?;
+    Ok(path)
+}
+
+/// Pretrained weights to copy into a new run's network before its first epoch (`train
+/// --pretrained`), e.g. an ImageNet ResNet trunk for Places-LT (docs/sade.md §1.1).
+pub struct TrunkInit<'a> {
+    /// What the weights are (a path or an `hf://` reference): recorded as `pretrained` in the
+    /// checkpoints' metadata.
+    pub source: String,
+    /// Copies the weights into the freshly built network's variables; a mismatch is an error.
+    #[allow(clippy::type_complexity)]
+    pub load: Box<dyn Fn(&VarMap) -> Result<(), TrainError> + 'a>,
 }
 
 /// Metadata stored in every checkpoint of a run: enough to rebuild model and method.
@@ -232,12 +334,33 @@ pub fn train_run(
     progress: Progress,
     device: &Device,
 ) -> Result<FitSummary, TrainError> {
+    train_run_with(cfg, method, out, mode, progress, device, None)
+}
+
+/// [`train_run`], starting a new run's network from `init` (after the seeded initialisation,
+/// before the first epoch). A resumed run takes its weights from its checkpoint and keeps the
+/// `pretrained` record of the run it continues. At the end the per-class test accuracy goes to
+/// [`PER_CLASS`] in the run folder.
+pub fn train_run_with(
+    cfg: &RunConfig,
+    method: &dyn MethodKind,
+    out: &Path,
+    mode: OutMode,
+    progress: Progress,
+    device: &Device,
+    init: Option<&TrunkInit>,
+) -> Result<FitSummary, TrainError> {
     cfg.check_common()?;
     method.check(cfg)?;
     if mode == OutMode::Resume && !out.join(LAST).is_file() {
         return Err(nothing_to_resume(out));
     }
     let (name, splits) = load_data(cfg)?;
+    if let Some(warning) = name.class_count_warning(splits.train.num_classes) {
+        if !matches!(progress, Progress::Quiet) {
+            eprintln!("{warning}");
+        }
+    }
     if splits.train.num_classes != cfg.model.num_classes {
         return Err(TrainError::Config(format!(
             "the data set {} has {} classes but the model is configured for {}",
@@ -253,11 +376,22 @@ pub fn train_run(
     check_fits(cfg, splits.train.height, splits.train.width, device)?;
     let counts = splits.train.class_counts();
     let config_text = cfg.to_toml()?;
-    let meta = metadata(cfg, &splits)?;
+    let mut meta = metadata(cfg, &splits)?;
     let created = !out.exists();
     let lock = RunLock::acquire(out, "longtail train")?;
     let prepared = (|| {
         let (varmap, model) = MultiExpert::seeded(&cfg.model, cfg.seed, device)?;
+        if mode == OutMode::Resume {
+            let last = out.join(LAST);
+            if let Ok(h) = checkpoint::read_header(&last) {
+                if let Some(p) = h.metadata.get("pretrained") {
+                    meta.insert("pretrained".into(), p.clone());
+                }
+            }
+        } else if let Some(init) = init {
+            (init.load)(&varmap)?;
+            meta.insert("pretrained".into(), init.source.clone());
+        }
         let objective = method.build(cfg, &counts, device)?;
         prepare_folder(out, cfg, &config_text, mode, &varmap)?;
         Ok::<_, TrainError>((varmap, model, objective))
@@ -276,6 +410,7 @@ pub fn train_run(
     };
     checkpoint::write_atomic(&out.join(CONFIG_FILE), config_text.as_bytes())?;
     let (train_transform, eval_transform) = transforms(cfg, name);
+    let class_names = splits.train.class_names.clone();
     let data = TrainData {
         shots: shot_groups(&counts, ShotRule::Ride),
         train: Arc::new(splits.train),
@@ -299,6 +434,10 @@ pub fn train_run(
         &cfg.train_config(),
         &opts,
     );
+    let summary = summary.and_then(|s| {
+        write_per_class(out, &s.test, &counts, &class_names)?;
+        Ok(s)
+    });
     drop(lock);
     summary
 }
