@@ -9,7 +9,7 @@ use rayon::prelude::*;
 
 use crate::dataset::Dataset;
 use crate::error::{DataError, Result};
-use crate::sampler::{epoch_order, SamplerKind};
+use crate::sampler::{epoch_order, SamplerKind, Shard};
 use crate::stream::decode_rgb;
 use crate::transform::{sample_seed, Prepared, Transform};
 
@@ -95,6 +95,21 @@ impl Batcher {
         device: &Device,
         pool: Option<Arc<rayon::ThreadPool>>,
     ) -> Result<Batcher> {
+        Batcher::sharded(data, cfg, device, pool, Shard::WHOLE)
+    }
+
+    /// Starts rank `shard.rank`'s share of an epoch of data-parallel training: the epoch order
+    /// of [`Batcher::with_config`], padded and dealt to the ranks as [`Shard::positions`] says.
+    /// Each sample keeps the augmentation stream of its position in the whole epoch, so the
+    /// ranks' batches `b` together hold exactly the samples (and augmentations) of the
+    /// one-rank batch `b` of `world ×` the batch size.
+    pub fn sharded(
+        data: Arc<Dataset>,
+        cfg: BatcherConfig,
+        device: &Device,
+        pool: Option<Arc<rayon::ThreadPool>>,
+        shard: Shard,
+    ) -> Result<Batcher> {
         if cfg.batch_size == 0 {
             return Err(DataError::BadParameter {
                 name: "batch size",
@@ -117,13 +132,24 @@ impl Batcher {
                 reason: "images of mixed sizes need a first stage that fixes the size (random-resized-crop, or resize + centre crop) and no pad-crop or rotation".into(),
             });
         }
-        let order = Arc::new(epoch_order(
+        let full = epoch_order(
             cfg.sampler,
             &data.labels,
             data.num_classes,
             cfg.seed,
             cfg.epoch,
-        ));
+        );
+        let positions: Vec<u64> = shard
+            .positions(full.len())
+            .into_iter()
+            .map(|p| p as u64)
+            .collect();
+        let order = Arc::new(
+            positions
+                .iter()
+                .map(|&p| full[p as usize % full.len()])
+                .collect::<Vec<_>>(),
+        );
         let total = order.len().div_ceil(cfg.batch_size);
         let (tx, rx) = sync_channel(cfg.prefetch.max(1));
         let device = device.clone();
@@ -131,10 +157,10 @@ impl Batcher {
         let handle = std::thread::Builder::new()
             .name("longtail-batcher".into())
             .spawn(move || {
-                for (b, chunk) in thread_order.chunks(cfg.batch_size).enumerate() {
-                    let first = (b * cfg.batch_size) as u64;
+                let chunks = thread_order.chunks(cfg.batch_size);
+                for (chunk, at) in chunks.zip(positions.chunks(cfg.batch_size)) {
                     let work =
-                        || make_batch(&data, &prepared, chunk, first, cfg.seed, cfg.epoch, &device);
+                        || make_batch(&data, &prepared, chunk, at, cfg.seed, cfg.epoch, &device);
                     let batch = match &pool {
                         Some(p) => p.install(work),
                         None => work(),
@@ -167,14 +193,14 @@ impl Batcher {
     }
 }
 
-/// Transforms the images `chunk` (epoch positions `first..`) into one batch. A streamed set's
+/// Transforms the images `chunk` (at epoch positions `at`) into one batch. A streamed set's
 /// images are decoded here, on the pool's threads, one at a time per thread: what is in memory
 /// is this batch and the ones waiting in the channel, whatever the size of the set.
 fn make_batch(
     data: &Dataset,
     prepared: &Prepared,
     chunk: &[usize],
-    first: u64,
+    at: &[u64],
     seed: u64,
     epoch: u64,
     device: &Device,
@@ -191,7 +217,7 @@ fn make_batch(
                 prepared.apply_decoded(
                     &img.pixels,
                     (img.height, img.width),
-                    sample_seed(seed, epoch, first + k as u64),
+                    sample_seed(seed, epoch, at[k]),
                     &path,
                     out,
                 )
@@ -201,11 +227,7 @@ fn make_batch(
             .zip(chunk.par_iter())
             .enumerate()
             .for_each(|(k, (out, &i))| {
-                prepared.apply(
-                    data.image(i),
-                    sample_seed(seed, epoch, first + k as u64),
-                    out,
-                );
+                prepared.apply(data.image(i), sample_seed(seed, epoch, at[k]), out);
             });
     }
     let (c, h, w) = prepared.out_shape();

@@ -53,7 +53,7 @@ pub use load::{
 };
 pub use longtail_metrics::{shot_groups, Shot, ShotRule};
 pub use mt19937::Mt19937;
-pub use sampler::{epoch_order, SamplerKind};
+pub use sampler::{epoch_order, SamplerKind, Shard};
 pub use stats::{gini, Stats};
 pub use transform::{
     sample_seed, Augment, AugmentKind, ColorJitter, Normalize, Resize, TrainTransform, Transform,

@@ -114,9 +114,64 @@ pub fn epoch_order(
     }
 }
 
+/// One rank's share of every epoch in data-parallel training (PyTorch's `DistributedSampler`
+/// with `drop_last=False`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    /// This rank, `0..world`.
+    pub rank: usize,
+    /// Number of ranks.
+    pub world: usize,
+}
+
+impl Shard {
+    /// The whole epoch (one rank).
+    pub const WHOLE: Shard = Shard { rank: 0, world: 1 };
+
+    /// Rank `rank` of `world`; an error unless `rank < world`.
+    pub fn new(rank: usize, world: usize) -> crate::Result<Shard> {
+        if rank >= world {
+            return Err(crate::DataError::BadParameter {
+                name: "shard",
+                value: format!("rank {rank} of {world}"),
+                reason: "the rank must be below the world size".into(),
+            });
+        }
+        Ok(Shard { rank, world })
+    }
+
+    /// The epoch positions this rank visits, for an epoch of `len` samples: the epoch is padded
+    /// to `ceil(len / world) · world` positions by wrapping around (position `p ≥ len` is the
+    /// sample at `p mod len`), and rank `r` takes positions `r, r + world, r + 2·world, …`, as
+    /// `DistributedSampler` slices `indices[rank:total:world]`. Every rank gets the same count,
+    /// so the ranks run the same number of steps.
+    pub fn positions(&self, len: usize) -> Vec<usize> {
+        if len == 0 {
+            return Vec::new();
+        }
+        let total = len.div_ceil(self.world) * self.world;
+        (self.rank..total).step_by(self.world).collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// DistributedSampler(len=10, num_replicas=4): total 12, rank 1 gets indices[1:12:4] =
+    /// positions 1, 5, 9; rank 3 gets 3, 7, 11 (11 wraps to sample position 1).
+    #[test]
+    fn shard_positions_pad_by_wrapping_and_stride() {
+        assert_eq!(Shard::new(1, 4).unwrap().positions(10), [1, 5, 9]);
+        assert_eq!(Shard::new(3, 4).unwrap().positions(10), [3, 7, 11]);
+        assert_eq!(Shard::WHOLE.positions(3), [0, 1, 2]);
+        let mut all: Vec<usize> = (0..4)
+            .flat_map(|r| Shard::new(r, 4).unwrap().positions(10))
+            .collect();
+        all.sort();
+        assert_eq!(all, (0..12).collect::<Vec<_>>());
+        assert!(Shard::new(2, 2).is_err());
+    }
 
     fn labels() -> Vec<u32> {
         // 900 of class 0, 90 of class 1, 10 of class 2.

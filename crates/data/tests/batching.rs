@@ -146,3 +146,52 @@ fn bad_batcher_settings_are_errors() {
     assert!(b.next().is_some());
     drop(b);
 }
+
+/// Data-parallel shards (issue 19): with 70 samples on 3 ranks (padded to 72 by wrapping), rank
+/// r's batch b of 8 holds the epoch positions r, r + 3, … of the one-rank batch b of 24, with
+/// the same augmentation, and the ranks see 24 samples each.
+#[test]
+fn shards_deal_the_one_rank_batches_with_their_augmentation() {
+    let data = Arc::new(synthetic(70));
+    let cfg = |batch_size| BatcherConfig {
+        sampler: SamplerKind::Shuffled,
+        transform: Transform::train(Augment::cifar(), Normalize::cifar()),
+        batch_size,
+        seed: 7,
+        epoch: 2,
+        prefetch: 2,
+    };
+    let rows = |b: longtail_data::Batch| {
+        let n = b.indices.len();
+        let flat = b.images.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let per = flat.len() / n;
+        (0..n)
+            .map(|i| (b.indices[i], flat[i * per..(i + 1) * per].to_vec()))
+            .collect::<Vec<_>>()
+    };
+    let whole: Vec<_> = Batcher::with_config(Arc::clone(&data), cfg(24), &Device::Cpu, None)
+        .unwrap()
+        .flat_map(|b| rows(b.unwrap()))
+        .collect();
+    assert_eq!(whole.len(), 70);
+    let shards: Vec<Vec<_>> = (0..3)
+        .map(|r| {
+            let shard = longtail_data::Shard::new(r, 3).unwrap();
+            let b = Batcher::sharded(Arc::clone(&data), cfg(8), &Device::Cpu, None, shard).unwrap();
+            assert_eq!(b.num_batches(), 3);
+            b.flat_map(|b| rows(b.unwrap())).collect()
+        })
+        .collect();
+    for (r, shard) in shards.iter().enumerate() {
+        assert_eq!(shard.len(), 24);
+        for (k, row) in shard.iter().enumerate() {
+            let p = r + 3 * k;
+            if p < 70 {
+                assert_eq!(row, &whole[p], "rank {r}, position {p}");
+            } else {
+                // Padding: the sample of position p − 70, augmented as position p.
+                assert_eq!(row.0, whole[p - 70].0);
+            }
+        }
+    }
+}
