@@ -13,6 +13,7 @@ pub use longtail_aggregate as aggregate;
 pub use longtail_backbone as backbone;
 pub use longtail_baselines as baselines;
 pub use longtail_data as data;
+pub use longtail_decouple as decouple;
 pub use longtail_hub as hub;
 pub use longtail_losses as losses;
 pub use longtail_metrics as metrics;

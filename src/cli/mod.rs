@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 pub mod bench;
 pub mod compare;
 pub mod data;
+pub mod decouple;
 pub mod eval;
 pub mod eval_shift;
 pub mod eval_uncertainty;
@@ -50,6 +51,8 @@ pub enum Command {
     Compare(compare::Args),
     /// Train multi-expert heads on a frozen foundation trunk's cached features (ViT, CLIP, DINOv2).
     Heads(heads::Args),
+    /// Second stage on a finished run: re-balance its classifier (crt, lws, tau-norm, la, wb).
+    Decouple(decouple::Args),
 }
 
 /// Run the parsed command. A failure comes back as one message (see [`one_message`]).
@@ -91,6 +94,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(args),
         Command::Route(args) => route::run(args),
         Command::Heads(args) => heads::run(args),
+        Command::Decouple(args) => decouple::run(args),
         Command::Compare(args) => compare::run(args),
     }
 }
