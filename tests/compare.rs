@@ -41,14 +41,16 @@ fn compare_two_methods_over_two_seeds_then_reuse() {
     let ce = tiny_config(dir, "ce", 2);
     let ride = tiny_config(dir, "ride", 2);
     let (ce, ride) = (ce.to_str().unwrap(), ride.to_str().unwrap());
+    // The τ-normalised CE model shares the CE entry's runs.
+    let ce_tau = format!("{ce}+tau-norm");
     let args = [
-        "compare", ce, ride, "--seeds", "0,1", "--out", "cmp", "--quiet",
+        "compare", ce, ride, &ce_tau, "--seeds", "0,1", "--out", "cmp", "--quiet",
     ];
     let o = longtail(dir, &args);
     assert!(o.status.success(), "{}", stderr(&o));
     let text = stdout(&o);
     // One row per entry, every column with mean ± std, one best mark per column that has values.
-    for name in ["tiny-ce.toml", "tiny-ride.toml"] {
+    for name in ["tiny-ce.toml ", "tiny-ride.toml ", "tiny-ce.toml+tau-norm "] {
         let line = text
             .lines()
             .find(|l| l.contains(name))
@@ -64,7 +66,8 @@ fn compare_two_methods_over_two_seeds_then_reuse() {
         }
     }
     let csv = std::fs::read_to_string(dir.join("cmp/compare.csv")).unwrap();
-    assert_eq!(csv.lines().count(), 3, "{csv}");
+    assert_eq!(csv.lines().count(), 4, "{csv}");
+    assert!(csv.contains(",ce,tau-norm,2,"), "{csv}");
     assert!(
         csv.starts_with("entry,method,stage,seeds,overall_mean,overall_std"),
         "{csv}"
@@ -73,7 +76,7 @@ fn compare_two_methods_over_two_seeds_then_reuse() {
         serde_json::from_str(&std::fs::read_to_string(dir.join("cmp/compare.json")).unwrap())
             .unwrap();
     let rows = json["rows"].as_array().unwrap();
-    assert_eq!(rows.len(), 2);
+    assert_eq!(rows.len(), 3);
     assert_eq!(rows[1]["method"], "ride");
     let seeds = rows[0]["seeds"].as_array().unwrap();
     assert_eq!(seeds.len(), 2);
@@ -87,7 +90,7 @@ fn compare_two_methods_over_two_seeds_then_reuse() {
     assert!(again.status.success(), "{}", stderr(&again));
     assert_eq!(
         stderr(&again).matches("already trained").count(),
-        4,
+        6,
         "{}",
         stderr(&again)
     );

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use longtail::decouple::{Stage, StageOptions};
 use longtail::registry::{self, preset};
 use longtail::train::device::device_announced;
 use longtail::train::eval::Evaluation;
@@ -170,17 +171,31 @@ pub fn best_rows(rows: &[Row]) -> Vec<Vec<usize>> {
         .collect()
 }
 
-/// The default entries for a data set: every method's `<method>.<dataset>` preset, then the
-/// second stages on the CE and weight-balancing runs where those presets exist.
+/// The second stages of the default entries: the decoupling family on the CE run, and weight
+/// balancing's own second stage on its first-stage run.
+pub const DEFAULT_STAGES: [(&str, &str); 5] = [
+    ("ce", "crt"),
+    ("ce", "lws"),
+    ("ce", "tau-norm"),
+    ("ce", "la"),
+    ("wb", "wb"),
+];
+
+/// The default entries for a data set: every method's `<method>.<dataset>` preset, then
+/// [`DEFAULT_STAGES`] on the runs of those presets.
 pub fn default_entries(dataset: &str) -> Vec<String> {
-    registry::METHODS
+    // `<method>.<dataset>` resolves to the method's first preset of the data set.
+    let first = |method: &str| preset(&format!("{method}.{dataset}")).ok()?.preset;
+    let mut out: Vec<String> = registry::METHODS
         .iter()
-        .filter_map(|m| {
-            // `<method>.<dataset>` resolves to the method's first preset of the data set.
-            let cfg = preset(&format!("{}.{dataset}", m.name())).ok()?;
-            cfg.preset
-        })
-        .collect()
+        .filter_map(|m| first(m.name()))
+        .collect();
+    for (method, stage) in DEFAULT_STAGES {
+        if let Some(p) = first(method) {
+            out.push(format!("{p}+{stage}"));
+        }
+    }
+    out
 }
 
 /// Parses an entry (`PRESET|FILE.toml[+STAGE]`) into its config; reads no data.
@@ -206,15 +221,22 @@ pub fn parse_entry(text: &str) -> Result<Entry> {
     })
 }
 
-/// Checks a second stage's name before anything is trained.
-fn check_stage(stage: &str) -> Result<()> {
-    bail!("unknown second stage `{stage}`: this build knows none")
+/// Parses a second stage's name (see [`longtail::decouple::Stage`]) before anything is trained.
+fn check_stage(stage: &str) -> Result<Stage> {
+    Ok(stage.parse::<Stage>()?)
 }
 
-/// Applies a second stage to a finished run and returns its test evaluation.
-fn apply_stage(_run: &Path, stage: &str, _device: &candle_core::Device) -> Result<Evaluation> {
-    check_stage(stage)?;
-    unreachable!("check_stage refuses every stage")
+/// Applies a second stage to a finished run (with the stage's own recipe and the run's seed) and
+/// returns the re-balanced model's test evaluation and whether it was read back (a stage already
+/// applied to the same weights is).
+fn apply_stage(
+    run: &Path,
+    stage: &str,
+    device: &candle_core::Device,
+) -> Result<(Evaluation, bool)> {
+    let stage = check_stage(stage)?;
+    let r = longtail::decouple::apply(run, &stage, &StageOptions::default(), device)?;
+    Ok((r.test, r.reused))
 }
 
 /// The folder name of an entry: its text with path separators and `+` made safe.
@@ -336,11 +358,16 @@ pub fn run(args: Args) -> Result<()> {
             };
             let summary = train_run(&cfg, method, &run, mode, progress, &device)
                 .with_context(|| format!("{} (seed {seed}) in {}", e.name, run.display()))?;
-            let reused = summary.resumed_from >= cfg.optim.epochs;
-            let eval = match &e.stage {
-                None => summary.test,
-                Some(stage) => apply_stage(&run, stage, &device)
-                    .with_context(|| format!("{} (seed {seed}) in {}", e.name, run.display()))?,
+            let trained_before = summary.resumed_from >= cfg.optim.epochs;
+            let (eval, reused) = match &e.stage {
+                None => (summary.test, trained_before),
+                Some(stage) => {
+                    let (eval, stage_reused) =
+                        apply_stage(&run, stage, &device).with_context(|| {
+                            format!("{} (seed {seed}) in {}", e.name, run.display())
+                        })?;
+                    (eval, trained_before && stage_reused)
+                }
             };
             let r = measure(&eval, seed, &run, t.elapsed().as_secs_f64(), reused)?;
             eprintln!(
@@ -568,7 +595,17 @@ mod tests {
         assert!(parse_entry("ce.fmnist-lt+").is_err());
         assert_eq!(folder_name("ce.fmnist-lt+crt"), "ce.fmnist-lt");
         assert_eq!(folder_name("/tmp/x/my.toml"), "my");
-        assert!(default_entries("fmnist-lt").contains(&"ride.fmnist-lt".to_string()));
+        let defaults = default_entries("fmnist-lt");
+        for e in [
+            "ride.fmnist-lt",
+            "ce.fmnist-lt",
+            "ce.fmnist-lt+crt",
+            "wb.fmnist-lt+wb",
+        ] {
+            assert!(defaults.contains(&e.to_string()), "{defaults:?}");
+        }
+        assert!(parse_entry("ce.fmnist-lt+crt").unwrap().stage.is_some());
+        assert!(parse_entry("ce.fmnist-lt+nosuch").is_err());
         assert!(default_entries("no-such-data").is_empty());
     }
 }
