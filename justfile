@@ -62,3 +62,8 @@ bench-train *ARGS:
 # GPU check on a machine with an NVIDIA GPU.
 gpu-check *ARGS:
     bash scripts/gpu-check.sh {{ARGS}}
+
+# Resumable: finished runs are read back, so re-running costs only what is new.
+# Train every method's bundled-set preset (and the second stages) over seeds 0, 1, 2: one table.
+compare *ARGS:
+    cargo run --release -- compare {{ARGS}}
