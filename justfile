@@ -12,6 +12,13 @@ train-ride *ARGS:
 route-ride *ARGS:
     cargo run --release -- route --checkpoint runs/ride.fmnist-lt-seed0 {{ARGS}}
 
+# Trains the 6-expert teacher (preset ride.fmnist-lt.teacher) into OUT/teacher, then the 3-expert
+# student (ride.fmnist-lt.distill: RIDE + T²·KL to the teacher's mean logits) into OUT/student.
+# Run it again to continue a stopped run; finished runs are only evaluated.
+# RIDE distillation on the bundled set: the teacher, then the student.
+distill-ride OUT="runs/ride-distill" *ARGS:
+    cargo run --release -- train --preset ride.fmnist-lt.distill --train-teacher --teacher {{OUT}}/teacher --out {{OUT}}/student {{ARGS}}
+
 # Then reports its uncertainty (failure AUROC, ECE, AURC) and the early-exit accuracy / compute
 # curve, with plots in runs/tlc-fmnist/plots.
 # Train TLC (evidential experts, uncertainty fusion) on the bundled set and evaluate uncertainty.
