@@ -11,6 +11,7 @@ pub mod registry;
 
 pub use longtail_aggregate as aggregate;
 pub use longtail_backbone as backbone;
+pub use longtail_balpoe as balpoe;
 pub use longtail_baselines as baselines;
 pub use longtail_data as data;
 pub use longtail_decouple as decouple;

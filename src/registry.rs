@@ -13,6 +13,7 @@ pub const METHODS: &[&dyn MethodKind] = &[
     &longtail_ride::Ride,
     &longtail_sade::Sade,
     &longtail_tlc::Tlc,
+    &longtail_balpoe::BalPoe,
 ];
 
 /// One preset as `longtail presets` lists it.

@@ -1,10 +1,14 @@
 //! `longtail eval --test-dist`: accuracy under test-time label shift, plain averaging vs SADE's
-//! test-time self-supervised aggregation, one column per test distribution (docs/sade.md §2–§3).
+//! test-time self-supervised aggregation, one column per test distribution (docs/sade.md §2–§3);
+//! for a BalPoE run also its known-test-prior rule (docs/balpoe.md §3.2–§3.3).
 
 use std::io::Write;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use candle_core::Tensor;
+use longtail::backbone::ExpertOutput;
+use longtail::data::TestDist;
 use longtail::sade::shift::{self, ShiftConfig, ShiftEvaluator, ShiftResult};
 
 use super::eval::{Args, EvalContext};
@@ -42,7 +46,11 @@ pub fn run(args: &Args, ctx: &EvalContext) -> Result<()> {
         config,
         &ctx.device,
     )?;
+    let method = ctx.config.method.name.as_str();
+    // BalPoE's test-agnostic variant: its prediction plus log q of each shifted set.
+    let known_prior = method == "balpoe";
     let mut results = Vec::with_capacity(dists.len());
+    let mut priors = Vec::with_capacity(dists.len());
     for d in dists {
         let start = Instant::now();
         let r = evaluator
@@ -59,9 +67,20 @@ pub fn run(args: &Args, ctx: &EvalContext) -> Result<()> {
             if r.stopped_early { " (stopped)" } else { "" },
             start.elapsed().as_secs_f64()
         );
+        if known_prior {
+            let a = with_known_prior(&evaluator, ctx, d, &r.class_counts)
+                .with_context(|| format!("test distribution {d}: known test prior"))?;
+            eprintln!(
+                "{:<11} known prior {:6.2}",
+                r.distribution,
+                100.0 * a.overall
+            );
+            priors.push(Some(a));
+        } else {
+            priors.push(None);
+        }
         results.push(r);
     }
-    let method = ctx.config.method.name.as_str();
     let experts: Vec<&str> = if method == "sade" && ctx.loaded.config.model.num_experts == 3 {
         vec!["forward", "uniform", "backward"]
     } else {
@@ -97,6 +116,19 @@ pub fn run(args: &Args, ctx: &EvalContext) -> Result<()> {
             },
             "distributions": results,
         });
+        let mut out = out;
+        if known_prior {
+            // One entry per distribution, in the order of "distributions".
+            out["known_prior"] = serde_json::to_value(
+                results
+                    .iter()
+                    .zip(&priors)
+                    .map(
+                        |(r, a)| serde_json::json!({"distribution": r.distribution, "accuracy": a}),
+                    )
+                    .collect::<Vec<_>>(),
+            )?;
+        }
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
@@ -106,8 +138,50 @@ pub fn run(args: &Args, ctx: &EvalContext) -> Result<()> {
         &ctx.dataset.to_string(),
         &experts,
         &results,
+        &priors,
     )?;
     Ok(())
+}
+
+/// BalPoE's known-test-prior rule on the shifted set `dist` (docs/balpoe.md §3.2–§3.3, the
+/// official `--posthoc_bias_correction`): the method's own prediction on the clean expert logits
+/// (the product of the experts) plus `log q`, `q` the set's class counts over its size.
+fn with_known_prior(
+    evaluator: &ShiftEvaluator,
+    ctx: &EvalContext,
+    dist: TestDist,
+    counts: &[usize],
+) -> Result<shift::Accuracy> {
+    let idx = evaluator.indices(dist)?;
+    let ids = Tensor::from_vec(
+        idx.iter().map(|&i| i as u32).collect::<Vec<_>>(),
+        idx.len(),
+        &ctx.device,
+    )?;
+    // [E, N, C] → [n, E, C], the layout of a forward pass.
+    let expert_logits = evaluator
+        .clean_logits()
+        .index_select(&ids, 1)?
+        .transpose(0, 1)?
+        .contiguous()?;
+    let (n, e, _) = expert_logits.dims3()?;
+    let out = ExpertOutput {
+        logits: expert_logits.mean(1)?,
+        features: Tensor::zeros((n, e, 1), expert_logits.dtype(), &ctx.device)?,
+        expert_logits,
+    };
+    let scores = longtail::balpoe::with_test_prior(&ctx.objective.predict(&out)?, counts)?;
+    let values: Vec<f32> = scores.flatten_all()?.to_vec1()?;
+    let test = &ctx.splits.test;
+    let labels: Vec<u32> = idx.iter().map(|&i| test.labels[i]).collect();
+    let preds = longtail::metrics::argmax_rows(&values, test.num_classes);
+    let r = longtail::metrics::classification_report(&preds, &labels, &ctx.shots)?;
+    Ok(shift::Accuracy {
+        overall: r.accuracy,
+        many: r.many,
+        medium: r.medium,
+        few: r.few,
+    })
 }
 
 fn fmt_weights(w: &[f64]) -> String {
@@ -125,6 +199,7 @@ fn print_table(
     dataset: &str,
     experts: &[&str],
     results: &[ShiftResult],
+    priors: &[Option<shift::Accuracy>],
 ) -> Result<()> {
     let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.2}", 100.0 * v));
     writeln!(
@@ -167,6 +242,18 @@ fn print_table(
             )?;
         }
     }
+    let has_prior = priors.iter().any(Option::is_some);
+    if has_prior {
+        for (g, pick) in groups {
+            line(
+                &format!("known prior {g}"),
+                priors
+                    .iter()
+                    .map(|a| a.as_ref().map_or("-".into(), |a| pct(pick(a))))
+                    .collect(),
+            )?;
+        }
+    }
     let e = results.first().map_or(0, |r| r.weights.len());
     for i in 0..e {
         let name = experts
@@ -191,5 +278,11 @@ fn print_table(
         out,
         "plain = mean of the experts' logits; aggregated = weights learned on the unlabeled shifted set (two strong views, docs/sade.md §2); * = stopped early by the rounded-weight rule"
     )?;
+    if has_prior {
+        writeln!(
+            out,
+            "known prior = BalPoE's prediction + log q, q the shifted set's label distribution (docs/balpoe.md §3.2)"
+        )?;
+    }
     Ok(())
 }

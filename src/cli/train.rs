@@ -38,6 +38,11 @@ pub struct Args {
     /// Hold out this fraction of each training class for validation (best-checkpoint selection).
     #[arg(long)]
     pub val_fraction: Option<f64>,
+    /// Train with mixup of this α, whatever the method: each batch mixed with a permutation of
+    /// itself by λ ~ Beta(α, α), the loss λ·L(y) + (1 − λ)·L(y[p]) (docs/balpoe.md §2.3).
+    /// 0 turns off the mixup of a recipe that has it.
+    #[arg(long, value_name = "ALPHA", conflicts_with = "backbone")]
+    pub mixup: Option<f64>,
     /// Run directory (default: runs/<preset>-seed<seed>).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -87,6 +92,9 @@ pub fn resolve(args: &Args) -> Result<RunConfig> {
     args.recipe.apply(&mut cfg);
     if let Some(v) = args.val_fraction {
         cfg.data.val_fraction = Some(v);
+    }
+    if let Some(a) = args.mixup {
+        cfg.optim.mixup_alpha = (a != 0.0).then_some(a);
     }
     if let (Some(dir), "fmnist-lt") = (&cfg.data.data_dir, cfg.data.dataset.as_str()) {
         let fix = if args.dataset.is_none() && args.preset.is_none() && args.config.is_none() {

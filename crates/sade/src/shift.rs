@@ -198,6 +198,13 @@ impl<'a> ShiftEvaluator<'a> {
         &self.config
     }
 
+    /// The clean expert logits of the whole balanced test set, `[E, N, C]`: every distribution
+    /// is a subset of them ([`ShiftEvaluator::indices`]), so other prediction rules (BalPoE's
+    /// known test prior, docs/balpoe.md §3.3) can be scored without another forward pass.
+    pub fn clean_logits(&self) -> &Tensor {
+        &self.clean
+    }
+
     /// Indices into the balanced test set of the images of `dist` (class by class, each class in
     /// its seeded shuffled order).
     pub fn indices(&self, dist: TestDist) -> Result<Vec<usize>> {
