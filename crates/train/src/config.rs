@@ -190,7 +190,7 @@ pub struct OptimConfig {
     #[serde(default = "default_eval_batch")]
     pub eval_batch_size: usize,
     /// Mixup's α, for any method: each batch is mixed with a permutation of itself by a weight
-    /// λ ~ Beta(α, α) and the loss is λ·L(y) + (1 − λ)·L(y[p]) ([`crate::mixup`],
+    /// λ ~ Beta(α, α) and the loss is `λ·L(y) + (1 − λ)·L(y[p])` ([`crate::mixup`],
     /// docs/balpoe.md §2.3). `None` (the default, and what a config without the key reads as)
     /// trains on the images as they are; it is not written out, so older configs and
     /// checkpoints compare equal.

@@ -132,7 +132,7 @@ pub struct EpochRecord {
     /// Mean training loss.
     pub loss: f64,
     /// Training accuracy of the method's prediction (on augmented images, train-mode BN). With
-    /// mixup, the official λ-weighted accuracy on the mixed images, λ·acc(y) + (1 − λ)·acc(y[p])
+    /// mixup, the official λ-weighted accuracy on the mixed images, `λ·acc(y) + (1 − λ)·acc(y[p])`
     /// ([`crate::mixup::mixup_hits`]).
     pub accuracy: f64,
     /// Accuracy on the validation split, when there is one.
