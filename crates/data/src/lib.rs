@@ -41,6 +41,7 @@ pub mod readers;
 pub mod sampler;
 pub mod stats;
 pub mod stream;
+pub mod synth;
 pub mod transform;
 
 pub use batcher::{Batch, Batcher, BatcherConfig};

@@ -6,4 +6,5 @@ mod fashion_mnist;
 mod formats;
 mod fuzz;
 mod reference;
+mod stream;
 mod util;
