@@ -216,7 +216,7 @@ fn cifar10_lt() -> RunConfig {
 /// ImageNet-LT: ResNeXt-50 (reduced), 180 epochs, batch 64, lr 0.025, wd 5e-4, cosine with
 /// `T_max` 180 and no warm-up, τ 2; test time lr 0.025, wd 5e-4, blur p 0.5.
 fn imagenet_lt() -> RunConfig {
-    run(
+    with_val_list(run(
         "imagenet-lt",
         None,
         imagenet_backbone(Arch::Resnext50, true, 1000),
@@ -232,7 +232,13 @@ fn imagenet_lt() -> RunConfig {
             },
         ),
         test_time(0.025, 5e-4, 0.5, 0.0),
-    )
+    ))
+}
+
+/// SADE selects models on the val list of ImageNet-LT and Places-LT (docs/sade.md §4).
+fn with_val_list(mut r: RunConfig) -> RunConfig {
+    r.data.val_list = true;
+    r
 }
 
 /// iNaturalist 2018: ResNet-50 (reduced), 100 epochs, batch 512, lr 0.2, wd 2e-4, warm-up 5,
@@ -264,14 +270,14 @@ pub const PLACES_PRETRAINED: &str = "oltr-caffe-resnet152-imagenet";
 pub const PLACES_BACKBONE_LR: f64 = 0.001;
 
 fn places_lt() -> RunConfig {
-    run(
+    with_val_list(run(
         "places-lt",
         None,
         imagenet_backbone(Arch::Resnet152, false, 365),
         1.0,
         sgd(30, 128, 0.01, 4e-4, steps(0, [10, 20], 0.1)),
         test_time(0.01, 4e-4, 0.5, 0.0),
-    )
+    ))
 }
 
 /// Fashion-MNIST-LT (the bundled 28×28×1, 10-class, ~2,500-image set): a short recipe that

@@ -119,8 +119,15 @@ pub struct DataConfig {
 
 impl DataConfig {
     /// The data set `name` with the default imbalance (100), no validation split, `augment`
-    /// and the shuffled sampler.
+    /// and the shuffled sampler. A streamed benchmark (`imagenet-lt`, `inat2018`, `places-lt`)
+    /// gets its official augmentation instead of `augment`, which names the recipes of the
+    /// in-memory sets ([`longtail_data::DatasetName::official_augment`], docs/ride.md §6).
     pub fn new(name: &str, imbalance: Option<f64>, augment: AugmentKind) -> Self {
+        let augment = name
+            .parse::<longtail_data::DatasetName>()
+            .ok()
+            .and_then(|d| d.official_augment())
+            .unwrap_or(augment);
         Self {
             dataset: name.to_string(),
             data_dir: None,
