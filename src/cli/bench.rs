@@ -1,8 +1,18 @@
 //! `longtail bench train`: training-step throughput on this CPU, our kernels vs candle's stock
 //! ops, with GFLOP/s, the fraction of the machine's measured GEMM peak and peak memory.
+//! `longtail bench data`: the streamed input pipeline (JPEG decode + augmentation + batching),
+//! images per second and peak RSS, next to PyTorch's `DataLoader` on the same files.
 
-use anyhow::bail;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
 use longtail::backbone::Kernels;
+use longtail::data::{
+    load_benchmark, load_image_lists_streamed, Augment, Batcher, BatcherConfig, DatasetName,
+    SamplerKind, StreamOptions, Transform,
+};
 use longtail::registry;
 use longtail::train::bench::{measure, models, Measurement, Settings};
 
@@ -11,6 +21,8 @@ use longtail::train::bench::{measure, models, Measurement, Settings};
 pub enum What {
     /// One training step (forward + loss + backward + SGD) and the eval forward.
     Train,
+    /// The streamed input pipeline: JPEG files → decoded, augmented, normalised batches.
+    Data,
 }
 
 /// Arguments of `longtail bench`.
@@ -34,11 +46,33 @@ pub struct Args {
     /// Timed eval forwards per model and kernel choice.
     #[arg(long, default_value_t = 5)]
     pub eval_reps: usize,
+    /// `bench data`: the layout of --data-dir: image-list (train.txt / NAME_train.txt …),
+    /// imagenet-lt, inat2018 or places-lt. Its training list is read.
+    #[arg(long, default_value = "image-list")]
+    pub dataset: String,
+    /// `bench data`: the image root holding the lists (`longtail data --make-tree` writes one).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// `bench data`: images to time (after one warm-up batch); 0 for the whole training list.
+    #[arg(long, default_value_t = 2048)]
+    pub images: usize,
+    /// `bench data`: crop side.
+    #[arg(long, default_value_t = 224)]
+    pub side: usize,
+    /// `bench data`: worker threads (default: rayon's, RAYON_NUM_THREADS or the cores); the
+    /// PyTorch reference gets as many DataLoader workers and one torch thread each.
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// `bench data`: skip the PyTorch reference.
+    #[arg(long)]
+    pub no_torch: bool,
 }
 
 /// Run `longtail bench`.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let What::Train = args.what;
+    if let What::Data = args.what {
+        return run_data(&args);
+    }
     if args.batch < 2 || args.steps == 0 {
         bail!("--batch must be at least 2 and --steps at least 1");
     }
@@ -143,6 +177,150 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 &stock.losses[..n],
             );
         }
+    }
+    Ok(())
+}
+
+/// This process's `VmRSS` / `VmHWM` (peak) line of /proc/self/status, in MiB.
+fn status_mib(key: &str) -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(key))?;
+    let kb: f64 = line[key.len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
+}
+
+/// `longtail bench data`: the training list of --data-dir through the streamed pipeline with
+/// the ImageNet-LT training transform (RandomResizedCrop, flip, ColorJitter, normalise), timed
+/// end to end (the consumer only drops the batches), then the same through PyTorch.
+fn run_data(args: &Args) -> anyhow::Result<()> {
+    let Some(dir) = &args.data_dir else {
+        bail!("bench data needs --data-dir DIR (an image root with its lists; `longtail data --dataset image-list --data-dir DIR --make-tree` writes a synthetic one)");
+    };
+    let name: DatasetName = args.dataset.parse()?;
+    let splits = if name.is_streamed() {
+        load_benchmark(
+            name,
+            dir,
+            StreamOptions {
+                side: args.side,
+                val_list: false,
+            },
+        )?
+    } else if name == DatasetName::ImageList {
+        load_image_lists_streamed(dir, args.side)?
+    } else {
+        bail!("bench data reads image lists: --dataset image-list, imagenet-lt, inat2018 or places-lt");
+    };
+    let train = Arc::new(splits.train);
+    let threads = args
+        .threads
+        .unwrap_or_else(rayon::current_num_threads)
+        .max(1);
+    let pool = Arc::new(
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()?,
+    );
+    let images = if args.images == 0 {
+        train.len()
+    } else {
+        args.images.min(train.len())
+    };
+    let batch = args.batch.clamp(1, images.max(1));
+    let norm = name.normalize();
+    let cfg = BatcherConfig {
+        sampler: SamplerKind::Shuffled,
+        transform: Transform::train(Augment::imagenet_lt(args.side), norm),
+        batch_size: batch,
+        seed: 0,
+        epoch: 0,
+        prefetch: 2,
+    };
+    println!(
+        "longtail bench data: {} ({} training images, {} classes) from {}; {threads} threads, batch {batch}, prefetch 2; RandomResizedCrop({}) + flip + ColorJitter(0.4, 0.4, 0.4) + normalise",
+        name, train.len(), train.num_classes, dir.display(), args.side
+    );
+    let rss0 = status_mib("VmRSS:");
+    let mut batches = Batcher::with_config(
+        Arc::clone(&train),
+        cfg,
+        &candle_core::Device::Cpu,
+        Some(pool),
+    )?;
+    // One warm-up batch (thread start, page cache), then the timed ones.
+    let first = batches.next().context("empty epoch")??;
+    drop(first);
+    let mut done = 0usize;
+    let mut rss_max: f64 = 0.0;
+    let t0 = Instant::now();
+    for b in batches.by_ref() {
+        let b = b?;
+        done += b.indices.len();
+        rss_max = rss_max.max(status_mib("VmRSS:").unwrap_or(0.0));
+        if done + batch > images {
+            break;
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    drop(batches);
+    let ours = done as f64 / secs.max(1e-9);
+    println!(
+        "ours:    {done} images in {secs:.2} s = {ours:.1} img/s ({:.1} per thread); RSS {:.0} MiB before, at most {rss_max:.0} MiB while streaming; peak (VmHWM) {:.0} MiB",
+        ours / threads as f64,
+        rss0.unwrap_or(f64::NAN),
+        status_mib("VmHWM:").unwrap_or(f64::NAN),
+    );
+    if args.no_torch {
+        return Ok(());
+    }
+    let have_torch = std::process::Command::new("python3")
+        .args(["-c", "import torch, torchvision"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/bench_data_torch.py");
+    if !have_torch {
+        println!("pytorch: skipped (python3 cannot import torch and torchvision; pip install torch torchvision, then run again, or run {} yourself)", script.display());
+        return Ok(());
+    }
+    let paths: Vec<String> = (0..train.len())
+        .filter_map(|i| train.image_path(i))
+        .map(|p| p.display().to_string())
+        .collect();
+    let tmp = std::env::temp_dir().join(format!("longtail-bench-data-{}.txt", std::process::id()));
+    std::fs::write(&tmp, paths.join("\n")).with_context(|| format!("writing {}", tmp.display()))?;
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .args(["--files", &tmp.display().to_string()])
+        .args(["--workers", &threads.to_string()])
+        .args(["--batch", &batch.to_string()])
+        .args(["--images", &images.to_string()])
+        .args(["--side", &args.side.to_string()])
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    let _ = std::fs::remove_file(&tmp);
+    let text = String::from_utf8_lossy(&out.stdout);
+    print!("{text}");
+    if !out.status.success() {
+        bail!(
+            "{} failed: {}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    if let Some(theirs) = text
+        .lines()
+        .find_map(|l| l.strip_prefix("pytorch img/s: "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+    {
+        println!(
+            "ours / pytorch: {:.2}x images per second on the same files and {threads} cores",
+            ours / theirs
+        );
     }
     Ok(())
 }

@@ -10,7 +10,8 @@ use longtail_data::{load_splits, DataSpec, DatasetName, ShotRule, Stats};
 /// Arguments of `longtail data`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Data set: fmnist-lt (bundled), cifar10-lt, cifar100-lt, fmnist or image-list.
+    /// Data set: fmnist-lt (bundled), cifar10-lt, cifar100-lt, fmnist, image-list, or a
+    /// benchmark streamed from its official lists: imagenet-lt, inat2018, places-lt.
     #[arg(long, default_value = "fmnist-lt", value_parser = parse_dataset)]
     pub dataset: DatasetName,
     /// Directory of the data set's files (fmnist defaults to /usr/share/datasets/fashion-mnist;
@@ -32,6 +33,18 @@ pub struct Args {
     /// Write the original file index of each kept training image to FILE, one per line.
     #[arg(long, value_name = "FILE")]
     pub list_indices: Option<PathBuf>,
+    /// First write a synthetic JPEG tree into --data-dir in the layout of --dataset (image-list,
+    /// imagenet-lt, inat2018, places-lt): --tree-classes classes, --tree-max training images in
+    /// the largest falling exponentially to --tree-max/--imbalance, 5 test and 2 val images per
+    /// class, ImageNet-like sizes (500×375, 375×500, 500×333, 400×400, 640×480).
+    #[arg(long)]
+    pub make_tree: bool,
+    /// Classes of --make-tree.
+    #[arg(long, default_value_t = 10)]
+    pub tree_classes: usize,
+    /// Training images of the largest class of --make-tree.
+    #[arg(long, default_value_t = 100)]
+    pub tree_max: usize,
 }
 
 fn parse_dataset(s: &str) -> Result<DatasetName, String> {
@@ -61,6 +74,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "data directory {} would not be used: the data set is fmnist-lt, which is bundled and reads no files; pass --dataset with it (fmnist, cifar10-lt, cifar100-lt, image-list) or drop --data-dir",
             dir.display()
         );
+    }
+    if args.make_tree {
+        make_tree(&args)?;
     }
     let splits = load_splits(&spec(&args)).with_context(|| format!("loading {}", args.dataset))?;
     let train = &splits.train;
@@ -98,5 +114,42 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             path.display()
         )?;
     }
+    Ok(())
+}
+
+/// `--make-tree`: a synthetic JPEG tree (`longtail_data::synth`).
+fn make_tree(args: &Args) -> anyhow::Result<()> {
+    use longtail_data::synth::{write_tree, TreeSpec};
+    let Some(dir) = &args.data_dir else {
+        anyhow::bail!("--make-tree needs --data-dir DIR, where the tree goes");
+    };
+    if !(args.dataset == DatasetName::ImageList || args.dataset.is_streamed()) {
+        anyhow::bail!("--make-tree writes image lists: --dataset image-list, imagenet-lt, inat2018 or places-lt");
+    }
+    let counts = longtail_data::profile::exponential_counts(
+        args.tree_max as f64,
+        args.tree_classes,
+        args.imbalance,
+    )?;
+    let spec = TreeSpec {
+        layout: args.dataset,
+        train_counts: counts.iter().map(|&c| c.max(1)).collect(),
+        test_per_class: 5,
+        val_per_class: 2,
+        sizes: vec![(500, 375), (375, 500), (500, 333), (400, 400), (640, 480)],
+        quality: 90,
+        seed: args.seed,
+    };
+    let t = write_tree(dir, &spec)?;
+    eprintln!(
+        "wrote {} JPEGs ({:.1} MB) and {} under {}",
+        t.images,
+        t.bytes as f64 / 1e6,
+        t.train_list
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy(),
+        dir.display()
+    );
     Ok(())
 }

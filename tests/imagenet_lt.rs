@@ -1,0 +1,166 @@
+//! `longtail train` on a streamed benchmark: a tiny JPEG tree in the official ImageNet-LT layout
+//! (4 classes, images of several sizes), the `ride.imagenet-lt` preset with a ResNet-50 trunk
+//! and 64² crops. It trains, resumes after a kill to the same weights, and writes per_class.csv.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use longtail::data::synth::{write_tree, TreeSpec};
+use longtail::data::DatasetName;
+
+fn longtail(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_longtail"))
+        .args(args)
+        .current_dir(dir)
+        .env("RAYON_NUM_THREADS", "2")
+        .output()
+        .expect("the longtail binary runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The tree and a config: `ride.imagenet-lt` with ResNet-50, 4 classes, 64² crops, 2 epochs of
+/// batch 6.
+fn setup(dir: &Path) -> PathBuf {
+    let root = dir.join("ImageNet_LT");
+    write_tree(
+        &root,
+        &TreeSpec {
+            layout: DatasetName::ImagenetLt,
+            train_counts: vec![8, 5, 3, 2],
+            test_per_class: 2,
+            val_per_class: 1,
+            sizes: vec![(48, 40), (40, 56), (72, 48), (80, 60)],
+            quality: 90,
+            seed: 3,
+        },
+    )
+    .unwrap();
+    let o = longtail(dir, &["presets", "ride.imagenet-lt"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut cfg: toml::Table = toml::from_str(&String::from_utf8_lossy(&o.stdout)).unwrap();
+    let data = cfg["data"].as_table_mut().unwrap();
+    assert_eq!(data["augment"].as_str(), Some("imagenet"));
+    data.insert(
+        "data_dir".into(),
+        root.to_string_lossy().into_owned().into(),
+    );
+    data.insert("image_size".into(), 64.into());
+    let model = cfg["model"].as_table_mut().unwrap();
+    model.insert("arch".into(), "resnet50".into());
+    model.insert("num_classes".into(), 4.into());
+    let optim = cfg["optim"].as_table_mut().unwrap();
+    optim.insert("epochs".into(), 2.into());
+    optim.insert("batch_size".into(), 6.into());
+    optim.insert("eval_batch_size".into(), 8.into());
+    let path = dir.join("inlt.toml");
+    std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
+    path
+}
+
+#[test]
+fn imagenet_lt_trains_resumes_and_writes_per_class_accuracy() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = setup(dir.path());
+    let cfg = cfg.to_str().unwrap();
+
+    // The preset's 1000-class model does not fit the 4-class lists: a clear error, nothing run.
+    let root = dir.path().join("ImageNet_LT");
+    let o = longtail(
+        dir.path(),
+        &[
+            "train",
+            "--dataset",
+            "imagenet-lt",
+            "--data-dir",
+            root.to_str().unwrap(),
+            "--out",
+            "wrong",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("has 4 classes but the model is configured for 1000"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!dir.path().join("wrong").exists());
+
+    let o = longtail(dir.path(), &["train", "--config", cfg, "--out", "straight"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(
+            "warning: the imagenet-lt lists hold 4 classes, the benchmark has 1000: training on a subset"
+        ),
+        "{}",
+        stderr(&o)
+    );
+    let csv = std::fs::read_to_string(dir.path().join("straight/per_class.csv")).unwrap();
+    let rows: Vec<Vec<&str>> = csv.lines().map(|l| l.split(',').collect()).collect();
+    assert_eq!(
+        rows[0],
+        [
+            "class",
+            "name",
+            "train_count",
+            "test_count",
+            "shot",
+            "accuracy"
+        ]
+    );
+    assert_eq!(rows.len(), 5);
+    for (c, (row, n)) in rows[1..].iter().zip([8, 5, 3, 2]).enumerate() {
+        assert_eq!(row[0], c.to_string());
+        assert_eq!(row[2], n.to_string());
+        assert_eq!(row[3], "2");
+        assert_eq!(row[4], "few"); // RIDE rule: fewer than 20 training images
+        let acc: f64 = row[5].parse().unwrap();
+        assert!([0.0, 0.5, 1.0].contains(&acc), "{acc}");
+    }
+
+    // Killed after its first epoch and resumed: the same weights as the straight run.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_longtail"))
+        .args(["train", "--config", cfg, "--out", "killed", "--quiet"])
+        .current_dir(dir.path())
+        .env("RAYON_NUM_THREADS", "2")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let metrics = dir.path().join("killed/metrics.jsonl");
+    let t0 = std::time::Instant::now();
+    while std::fs::read_to_string(&metrics).map_or(0, |s| s.lines().count()) < 1 {
+        assert!(t0.elapsed().as_secs() < 600, "no epoch finished");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let done = std::fs::read_to_string(&metrics).unwrap().lines().count();
+    assert!(done < 2, "the run finished before it could be killed");
+    let o = longtail(
+        dir.path(),
+        &[
+            "train", "--config", cfg, "--out", "killed", "--resume", "--quiet",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let a = std::fs::read(dir.path().join("straight/last.safetensors")).unwrap();
+    let b = std::fs::read(dir.path().join("killed/last.safetensors")).unwrap();
+    let (ta, tb) = (
+        safetensors::SafeTensors::deserialize(&a).unwrap(),
+        safetensors::SafeTensors::deserialize(&b).unwrap(),
+    );
+    assert_eq!(ta.len(), tb.len());
+    for (name, t) in ta.tensors() {
+        assert!(
+            t.data() == tb.tensor(&name).unwrap().data(),
+            "{name} differs after resume"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("killed/per_class.csv")).unwrap(),
+        csv
+    );
+}
