@@ -129,10 +129,10 @@ fn jpeg_bytes(
 ) -> Result<Vec<u8>> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let hue = class as f32 / classes.max(1) as f32 * 6.0;
-    let base = [
-        (128.0 + 100.0 * (hue).cos()) as f32,
-        (128.0 + 100.0 * (hue + 2.1).cos()) as f32,
-        (128.0 + 100.0 * (hue + 4.2).cos()) as f32,
+    let base: [f32; 3] = [
+        128.0 + 100.0 * hue.cos(),
+        128.0 + 100.0 * (hue + 2.1).cos(),
+        128.0 + 100.0 * (hue + 4.2).cos(),
     ];
     let (gx, gy): (f32, f32) = (rng.random_range(-40.0..40.0), rng.random_range(-40.0..40.0));
     let mut px = Vec::with_capacity((w * h * 3) as usize);

@@ -145,7 +145,7 @@ fn cmyk_jpeg(values: [u8; 4]) -> Vec<u8> {
         put(mag as u32, s, &mut bitstream);
         put(0, 2, &mut bitstream); // EOB
     }
-    while bitstream.len() % 8 != 0 {
+    while !bitstream.len().is_multiple_of(8) {
         bitstream.push(true);
     }
     for byte in bitstream.chunks(8) {
