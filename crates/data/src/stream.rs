@@ -255,6 +255,23 @@ pub fn pil_resize(
         let out = &mut temp[(r - r0) * ww * c..(r - r0 + 1) * ww * c];
         match &hor {
             None => out.copy_from_slice(&row[wx * c..(wx + ww) * c]),
+            // RGB: the three channels in one pass over the taps.
+            Some(t) if c == 3 => {
+                for (j, o) in out.chunks_exact_mut(3).enumerate() {
+                    let (xmin, n) = t.bounds[wx + j];
+                    let k = &t.weights[(wx + j) * t.ksize..(wx + j) * t.ksize + n];
+                    let src = &row[xmin * 3..(xmin + n) * 3];
+                    let (mut r, mut g, mut b) = (half, half, half);
+                    for (p, &kx) in src.chunks_exact(3).zip(k) {
+                        r += p[0] as i32 * kx;
+                        g += p[1] as i32 * kx;
+                        b += p[2] as i32 * kx;
+                    }
+                    o[0] = clip8(r);
+                    o[1] = clip8(g);
+                    o[2] = clip8(b);
+                }
+            }
             Some(t) => {
                 for j in 0..ww {
                     let (xmin, n) = t.bounds[wx + j];
@@ -387,10 +404,20 @@ fn luma(p: &[u8]) -> u8 {
     ((p[0] as u32 * 19595 + p[1] as u32 * 38470 + p[2] as u32 * 7471 + 0x8000) >> 16) as u8
 }
 
+/// The 256-entry table of `v ↦ blend(deg, v, f)`.
+fn blend_lut(deg: u8, f: f32) -> [u8; 256] {
+    let mut t = [0u8; 256];
+    for (v, o) in t.iter_mut().enumerate() {
+        *o = blend(deg, v as u8, f);
+    }
+    t
+}
+
 /// `ImageEnhance.Brightness(img).enhance(f)`: a blend with black.
 pub fn adjust_brightness(rgb: &mut [u8], f: f32) {
+    let t = blend_lut(0, f);
     for v in rgb.iter_mut() {
-        *v = blend(0, *v, f);
+        *v = t[*v as usize];
     }
 }
 
@@ -402,8 +429,9 @@ pub fn adjust_contrast(rgb: &mut [u8], f: f32) {
     }
     let sum: u64 = rgb.chunks_exact(3).map(|p| luma(p) as u64).sum();
     let mean = (sum as f64 / n as f64 + 0.5) as u8;
+    let t = blend_lut(mean, f);
     for v in rgb.iter_mut() {
-        *v = blend(mean, *v, f);
+        *v = t[*v as usize];
     }
 }
 
