@@ -261,8 +261,10 @@ fn inat2018() -> RunConfig {
 /// everything but the classifiers at lr 0.001; a run config has neither a pretrained trunk nor
 /// a second learning rate yet, so this preset trains from scratch at one lr.
 /// The ImageNet-pretrained trunk the official Places-LT run starts from (OLTR's Caffe
-/// ResNet-152), which a run config cannot load yet: [`PRESETS`]' `sade.places-lt` trains from
-/// scratch until it can.
+/// ResNet-152). A run loads an ImageNet ResNet-152 trunk with `longtail train --preset
+/// sade.places-lt --pretrained FILE|hf://…` (torchvision keys, e.g. hf://timm/resnet152.tv_in1k;
+/// without it the preset trains from scratch, with a note). Differs from official: torchvision's
+/// ImageNet weights stand in for the Caffe conversion, which is not published as safetensors.
 pub const PLACES_PRETRAINED: &str = "oltr-caffe-resnet152-imagenet";
 
 /// The learning rate of everything but the classifiers in the official Places-LT run (the
