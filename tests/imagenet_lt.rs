@@ -164,3 +164,52 @@ fn imagenet_lt_trains_resumes_and_writes_per_class_accuracy() {
         csv
     );
 }
+
+/// `--pretrained` with a trunk that does not fit the model is one clear error, and leaves no
+/// run folder behind.
+#[test]
+fn a_pretrained_trunk_that_does_not_fit_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = setup(dir.path());
+    // conv1 has torchvision's shape; layer1.0.conv1 has not, and the rest of the trunk is
+    // missing.
+    let conv1 = vec![0u8; 64 * 3 * 7 * 7 * 4];
+    let odd = vec![0u8; 7 * 4];
+    let views = vec![
+        (
+            "conv1.weight".to_string(),
+            safetensors::tensor::TensorView::new(
+                safetensors::Dtype::F32,
+                vec![64, 3, 7, 7],
+                &conv1,
+            )
+            .unwrap(),
+        ),
+        (
+            "layer1.0.conv1.weight".to_string(),
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![7], &odd).unwrap(),
+        ),
+    ];
+    let file = dir.path().join("trunk.safetensors");
+    safetensors::serialize_to_file(views, None, &file).unwrap();
+    let o = longtail(
+        dir.path(),
+        &[
+            "train",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--out",
+            "pre",
+            "--pretrained",
+            file.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("--pretrained") && err.contains("missing keys"),
+        "{err}"
+    );
+    assert!(err.contains("layer1.0.conv1.weight"), "{err}");
+    assert!(!dir.path().join("pre").exists());
+}

@@ -8,7 +8,9 @@ use longtail::registry::{self, preset};
 
 use super::recipe::RecipeFlags;
 use longtail::train::device::device_announced;
-use longtail::train::{train_run, FitSummary, OutMode, Progress, RunConfig};
+use longtail::train::{
+    train_run, train_run_with, FitSummary, OutMode, Progress, RunConfig, TrainError, TrunkInit,
+};
 
 /// Arguments of `longtail train`.
 #[derive(clap::Args, Debug, Clone)]
@@ -23,8 +25,11 @@ pub struct Args {
     /// A TOML config file (as saved in every run's config.toml); flags below override it.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Data set: fmnist-lt (bundled, the default), cifar10-lt, cifar100-lt, fmnist. Not with
-    /// --preset or --config, which name the data set themselves.
+    /// Data set: fmnist-lt (bundled, the default), cifar10-lt, cifar100-lt, fmnist, image-list,
+    /// or a benchmark streamed from disk with --data-dir ROOT holding its official lists:
+    /// imagenet-lt (ImageNet_LT_{train,val,test}.txt), inat2018 (iNaturalist18_{train,val}.txt),
+    /// places-lt (Places_LT_{train,val,test}.txt). Not with --preset or --config, which name the
+    /// data set themselves.
     #[arg(long, conflicts_with_all = ["preset", "config"])]
     pub dataset: Option<String>,
     /// Directory of the data files (CIFAR binary batches, Fashion-MNIST IDX files). Needs a data
@@ -43,6 +48,14 @@ pub struct Args {
     /// 0 turns off the mixup of a recipe that has it.
     #[arg(long, value_name = "ALPHA", conflicts_with = "backbone")]
     pub mixup: Option<f64>,
+    /// Start the network from ImageNet-pretrained ResNet weights with torchvision / timm keys
+    /// (`conv1.weight`, `layer3.0.conv1.weight`, …): a safetensors FILE or
+    /// hf://owner/repo[@rev][/file.safetensors]. The stem and shared stages load by name, each
+    /// expert's own stages from the same layers, the classifiers keep their initialisation;
+    /// a trunk that does not fit the model is an error. The official Places-LT run starts from a
+    /// ResNet-152, e.g. hf://timm/resnet152.tv_in1k (docs/sade.md §1.1). Ignored by --resume.
+    #[arg(long, value_name = "FILE|hf://…", conflicts_with = "backbone")]
+    pub pretrained: Option<String>,
     /// Run directory (default: runs/<preset>-seed<seed>).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -146,7 +159,16 @@ pub fn run(args: Args) -> Result<()> {
     } else {
         OutMode::New
     };
-    let summary = train_run(&cfg, method, &out, mode, progress, &device)?;
+    let init = match &args.pretrained {
+        Some(r) if mode != OutMode::Resume => Some(pretrained_init(r, &cfg)?),
+        _ => {
+            if cfg.preset.as_deref() == Some("sade.places-lt") && mode != OutMode::Resume {
+                eprintln!("note: the official Places-LT run starts from an ImageNet-pretrained ResNet-152; pass --pretrained hf://timm/resnet152.tv_in1k (or a torchvision safetensors file)");
+            }
+            None
+        }
+    };
+    let summary = train_run_with(&cfg, method, &out, mode, progress, &device, init.as_ref())?;
     let wall = t0.elapsed().as_secs_f64();
     print_summary(&name, &summary, wall);
     if args.compare_ce && cfg.method.name != "ce" {
@@ -266,4 +288,37 @@ fn heads_args(args: &Args, backbone: &str) -> super::heads::Args {
         quiet: args.quiet,
         device: args.device.clone(),
     }
+}
+
+/// `--pretrained`: resolves the reference (downloading an `hf://` file into the Hub cache) and
+/// returns the loader that copies the torchvision trunk into a new run's network
+/// (`longtail_hub::load_torchvision_file`).
+fn pretrained_init(reference: &str, cfg: &RunConfig) -> Result<TrunkInit<'static>> {
+    use longtail::hub::reference::{resolve, CheckpointRef};
+    let path = match CheckpointRef::parse(reference)? {
+        CheckpointRef::Local(p) => p,
+        hub => resolve(&hub)?,
+    };
+    if !path.is_file() {
+        bail!(
+            "--pretrained {reference}: {} is not a file (a torchvision ResNet state dict as safetensors)",
+            path.display()
+        );
+    }
+    let model = cfg.model.clone();
+    let source = reference.to_string();
+    Ok(TrunkInit {
+        source: source.clone(),
+        load: Box::new(move |varmap| {
+            let report = longtail::hub::load_torchvision_file(varmap, &model, &path)
+                .map_err(|e| TrainError::Config(format!("--pretrained {source}: {e}")))?;
+            eprintln!(
+                "pretrained trunk {source}: {} tensors loaded, {} classifier tensors kept, {} skipped (fc, num_batches_tracked)",
+                report.loaded.len(),
+                report.kept.len(),
+                report.skipped.len()
+            );
+            Ok(())
+        }),
+    })
 }
