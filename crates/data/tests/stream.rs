@@ -8,7 +8,8 @@ use candle_core::Device;
 use image::codecs::jpeg::JpegEncoder;
 use image::ExtendedColorType;
 use longtail_data::stream::{
-    decode_rgb, pil_resize, tv_center_crop_offsets, tv_resize_size, tv_resized_crop_params,
+    adjust_brightness, adjust_contrast, adjust_saturation, decode_rgb, pil_resize,
+    tv_center_crop_offsets, tv_resize_size, tv_resized_crop_params,
 };
 use longtail_data::synth::{write_tree, TreeSpec};
 use longtail_data::{
@@ -384,4 +385,121 @@ fn a_broken_image_stops_the_epoch_with_its_name() {
     .collect();
     let err = results.iter().find_map(|r| r.as_ref().err()).unwrap();
     assert!(err.to_string().contains("c00001/000000.JPEG"), "{err}");
+}
+
+/// Standard base64 (the fixture's encoding of raw bytes).
+fn unbase64(s: &str) -> Vec<u8> {
+    let val = |c: u8| -> u32 {
+        match c {
+            b'A'..=b'Z' => (c - b'A') as u32,
+            b'a'..=b'z' => (c - b'a') as u32 + 26,
+            b'0'..=b'9' => (c - b'0') as u32 + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => panic!("not base64: {c}"),
+        }
+    };
+    let clean: Vec<u8> = s.bytes().filter(|&c| c != b'=').collect();
+    let mut out = Vec::with_capacity(clean.len() * 3 / 4);
+    for chunk in clean.chunks(4) {
+        let mut acc = 0u32;
+        for (i, &c) in chunk.iter().enumerate() {
+            acc |= val(c) << (18 - 6 * i);
+        }
+        out.extend_from_slice(&acc.to_be_bytes()[1..chunk.len()]);
+    }
+    out
+}
+
+fn pil_fixture() -> serde_json::Value {
+    let path = longtail_fixtures::fixtures_root().join("pil/torchvision_pil.json");
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+fn dim(v: &serde_json::Value) -> usize {
+    v.as_u64().unwrap() as usize
+}
+
+/// What Pillow 13 and torchvision 0.29 compute (fixtures/pil, made by
+/// scripts/make_pil_fixtures.py): `crop(box).resize(size, BILINEAR)` (byte for byte when one
+/// axis changes, within 1 when both do), `Resize(s)` → `CenterCrop(c)`, and
+/// `adjust_brightness / contrast / saturation` byte for byte, and a CMYK JPEG's RGB.
+#[test]
+fn resampling_and_jitter_match_pillow_byte_for_byte() {
+    let fx = pil_fixture();
+    for case in fx["resize"].as_array().unwrap() {
+        let (h, w) = (dim(&case["h"]), dim(&case["w"]));
+        let b: Vec<usize> = case["box"].as_array().unwrap().iter().map(dim).collect();
+        let (oh, ow) = (dim(&case["out"][0]), dim(&case["out"][1]));
+        let img = unbase64(case["input"].as_str().unwrap());
+        let got = pil_resize(
+            &img,
+            (h, w, 3),
+            (b[0], b[1], b[2], b[3]),
+            (oh, ow),
+            (0, 0, oh, ow),
+        );
+        let want = unbase64(case["expected"].as_str().unwrap());
+        if oh == b[2] || ow == b[3] {
+            // One pass: exact.
+            assert_eq!(got, want, "resize {h}x{w} box {b:?} to {oh}x{ow}");
+        } else {
+            // Two passes: Pillow 13.0.0's wheel picks the order of the passes per image (its
+            // main-branch Resample.c, which we follow, always runs the horizontal one first),
+            // and the intermediate's rounding differs by at most 1.
+            let worst = got.iter().zip(&want).map(|(a, b)| a.abs_diff(*b)).max();
+            assert!(
+                worst <= Some(1),
+                "resize {h}x{w} box {b:?} to {oh}x{ow}: {worst:?}"
+            );
+        }
+    }
+    for case in fx["center"].as_array().unwrap() {
+        let (h, w) = (dim(&case["h"]), dim(&case["w"]));
+        let (size, crop) = (dim(&case["resize"]), dim(&case["crop"]));
+        let img = unbase64(case["input"].as_str().unwrap());
+        let p = Transform::train(Augment::center(size, crop), Normalize::identity(3))
+            .prepare(crop, crop, 3)
+            .unwrap();
+        let mut out = vec![0f32; 3 * crop * crop];
+        p.apply_decoded(&img, (h, w), 0, Path::new("x"), &mut out)
+            .unwrap();
+        let want = unbase64(case["expected"].as_str().unwrap());
+        for y in 0..crop {
+            for x in 0..crop {
+                for c in 0..3 {
+                    let v = want[(y * crop + x) * 3 + c] as f32 / 255.0;
+                    assert_eq!(out[c * crop * crop + y * crop + x], v, "centre {h}x{w}");
+                }
+            }
+        }
+    }
+    for case in fx["enhance"].as_array().unwrap() {
+        let f = case["factor"].as_f64().unwrap() as f32;
+        let mut img = unbase64(case["input"].as_str().unwrap());
+        match case["op"].as_str().unwrap() {
+            "brightness" => adjust_brightness(&mut img, f),
+            "contrast" => adjust_contrast(&mut img, f),
+            _ => adjust_saturation(&mut img, f),
+        }
+        assert_eq!(
+            img,
+            unbase64(case["expected"].as_str().unwrap()),
+            "{}",
+            case["op"]
+        );
+    }
+    // A CMYK JPEG written by Pillow decodes to Pillow's RGB.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cmyk.jpg");
+    std::fs::write(&path, unbase64(fx["cmyk"]["jpeg"].as_str().unwrap())).unwrap();
+    let rgb = decode_rgb(&path).unwrap();
+    let want: Vec<u8> = fx["cmyk"]["expected_rgb"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u8)
+        .collect();
+    let at = (3 * 8 + 3) * 3;
+    assert_eq!(&rgb.pixels[at..at + 3], &want[..]);
 }
