@@ -547,7 +547,26 @@ impl Prepared {
         if let Some(j) = &self.augment.jitter {
             j.apply(&mut crop, &mut rng);
         }
-        self.write(&crop, (side, side, 3), (0, 0, 0), flip, 0.0, out);
+        // The same as `write` without padding or rotation, one plane at a time.
+        let plane = side * side;
+        for (ch, (lut, dst)) in self
+            .luts
+            .iter()
+            .zip(out.chunks_exact_mut(plane))
+            .enumerate()
+        {
+            for (row, drow) in crop.chunks_exact(side * 3).zip(dst.chunks_exact_mut(side)) {
+                if flip {
+                    for (o, p) in drow.iter_mut().zip(row.chunks_exact(3).rev()) {
+                        *o = lut[p[ch] as usize];
+                    }
+                } else {
+                    for (o, p) in drow.iter_mut().zip(row.chunks_exact(3)) {
+                        *o = lut[p[ch] as usize];
+                    }
+                }
+            }
+        }
         Ok(())
     }
 
