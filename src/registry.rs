@@ -14,6 +14,12 @@ pub const METHODS: &[&dyn MethodKind] = &[
     &longtail_sade::Sade,
     &longtail_tlc::Tlc,
     &longtail_balpoe::BalPoe,
+    &longtail_baselines::Focal,
+    &longtail_baselines::Cb,
+    &longtail_baselines::LdamDrw,
+    &longtail_baselines::Bsce,
+    &longtail_baselines::La,
+    &longtail_baselines::Wb,
 ];
 
 /// One preset as `longtail presets` lists it.
@@ -26,8 +32,9 @@ pub struct PresetEntry {
     pub config: RunConfig,
 }
 
-/// Every preset: each method's own, then the CE baseline of every RIDE recipe (`ce.<dataset>`:
-/// the same recipe with one plain expert, [`longtail_baselines::ce_baseline_of`]).
+/// Every preset: each method's own, then the CE baseline of every one-stage RIDE recipe
+/// (`ce.<dataset>`: the same recipe with one plain expert, [`longtail_baselines::ce_baseline_of`];
+/// none for the distillation pairs `ride.<dataset>.teacher` / `.distill`).
 pub fn presets() -> Vec<PresetEntry> {
     let mut all: Vec<PresetEntry> = METHODS
         .iter()
@@ -38,7 +45,10 @@ pub fn presets() -> Vec<PresetEntry> {
             config: p.config(),
         })
         .collect();
-    for p in longtail_ride::presets::PRESETS {
+    for p in longtail_ride::presets::PRESETS
+        .iter()
+        .filter(|p| !longtail_ride::presets::is_distillation_stage(p.name))
+    {
         let config = longtail_baselines::ce_baseline_of(&p.config());
         all.push(PresetEntry {
             name: config.preset.clone().unwrap_or_default(),
@@ -148,6 +158,23 @@ mod tests {
         assert_eq!((r.diversity_factor, r.reweight_epoch), (-0.45, Some(160)));
         assert_eq!(c.model.num_experts, 3);
         assert!(c.model.reduce_dimension);
+    }
+
+    #[test]
+    fn the_baselines_bundled_presets_are_ce_fmnist_lt_with_another_method() {
+        let ce = preset("ce.fmnist-lt").unwrap();
+        for m in ["focal", "cb", "ldam-drw", "bsce", "la", "wb"] {
+            let mut c = preset(&format!("{m}.fmnist-lt")).unwrap();
+            assert_eq!(c.method.name, m);
+            c.method = ce.method.clone();
+            c.preset = ce.preset.clone();
+            if m == "wb" {
+                // Weight balancing's one change is its weight decay.
+                assert!(c.optim.sgd.weight_decay > ce.optim.sgd.weight_decay);
+                c.optim.sgd.weight_decay = ce.optim.sgd.weight_decay;
+            }
+            assert_eq!(c, ce, "{m}.fmnist-lt");
+        }
     }
 
     #[test]

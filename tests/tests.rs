@@ -841,3 +841,44 @@ fn small_failures_leave_nothing_and_say_things_once() {
     assert!(!stdout(&o).contains("router epoch"), "{}", stdout(&o));
     std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
+
+/// A single-model baseline trains from its preset through the CLI (issue 16): `focal.fmnist-lt`
+/// for one epoch on the bundled set, with its settings in the run's config and the method's name
+/// in `eval --json`.
+#[test]
+fn a_baseline_trains_from_its_preset() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let o = longtail(
+        p,
+        &[
+            "train",
+            "--preset",
+            "focal.fmnist-lt",
+            "--epochs",
+            "1",
+            "--out",
+            "run",
+            "--quiet",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let cfg: toml::Table =
+        toml::from_str(&std::fs::read_to_string(p.join("run/config.toml")).unwrap()).unwrap();
+    let method = cfg["method"].as_table().unwrap();
+    assert_eq!(method["name"].as_str(), Some("focal"));
+    assert_eq!(method["gamma"].as_float(), Some(1.0));
+    assert_eq!(method["form"].as_str(), Some("sigmoid"));
+    assert_eq!(cfg["model"]["num_experts"].as_integer(), Some(1));
+    let metrics = std::fs::read_to_string(p.join("run/metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 1);
+    let m: serde_json::Value = serde_json::from_str(metrics.lines().next().unwrap()).unwrap();
+    let loss = m["loss"].as_f64().unwrap();
+    assert!(loss.is_finite() && loss > 0.0, "{m}");
+
+    let o = longtail(p, &["eval", "--checkpoint", "run", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["method"], "focal");
+    assert_eq!(v["accuracy"].as_f64(), m["test_accuracy"].as_f64());
+}

@@ -5,7 +5,7 @@
 //!   classifier re-training, learnable weight scaling and τ-normalisation (Kang et al.,
 //!   *Decoupling Representation and Classifier for Long-Tailed Recognition*, ICLR 2020),
 //!   post-hoc logit adjustment (Menon et al., ICLR 2021) and weight balancing's second stage
-//!   (Alshammari et al., CVPR 2022); docs/baselines.md §5–§7 and §11.
+//!   (Alshammari et al., CVPR 2022); docs/baselines.md §5–§7 and §12.
 //! - [`apply`]: runs a stage on a run folder with the engine's loop and evaluation, writes
 //!   `RUN/stage-<name>/` (network, logits, `result.json`), and returns the stored result when
 //!   the same stage already ran on the same weights.
