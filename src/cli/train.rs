@@ -7,9 +7,11 @@ use anyhow::{bail, Context, Result};
 use longtail::registry::{self, preset};
 
 use super::recipe::RecipeFlags;
+use candle_core::Device;
 use longtail::train::device::device_announced;
+use longtail::train::trainer::LAST;
 use longtail::train::{
-    train_run, train_run_with, FitSummary, OutMode, Progress, RunConfig, TrainError, TrunkInit,
+    train_run, train_run_on, FitSummary, OutMode, Progress, RunConfig, TrainError, TrunkInit,
 };
 
 /// Arguments of `longtail train`.
@@ -67,6 +69,17 @@ pub struct Args {
     /// (checkpoints, metrics, config.toml, router) are replaced, other files kept.
     #[arg(long, conflicts_with = "resume")]
     pub overwrite: bool,
+    /// RIDE distillation (docs/ride.md §4): the teacher, a finished run folder or checkpoint of
+    /// the same data set and classes (usually 6 experts). Turns distillation on with the official
+    /// temperature 1.5 and weight 1 when the recipe has none; the `ride.<dataset>.distill` presets
+    /// default to runs/ride.<dataset>.teacher-seed0.
+    #[arg(long, value_name = "RUN", conflicts_with = "backbone")]
+    pub teacher: Option<PathBuf>,
+    /// Train the teacher first (the student's recipe with 6 experts and no distillation, e.g.
+    /// the `ride.<dataset>.teacher` preset) into the teacher path, then the student; each run is
+    /// continued if it stopped, and skipped if it finished.
+    #[arg(long, conflicts_with_all = ["backbone", "overwrite"])]
+    pub train_teacher: bool,
     /// After training, also train the CE baseline of the same recipe and print both side by side.
     #[arg(long)]
     pub compare_ce: bool,
@@ -83,6 +96,16 @@ pub struct Args {
     /// the head options).
     #[arg(long, conflicts_with_all = ["config", "resume", "overwrite", "compare_ce", "val_fraction"])]
     pub backbone: Option<String>,
+    /// Data-parallel training over the ranks `mpirun -np N` started: `mpi` (tensors reduced on
+    /// the host; any device) or `nccl` (CUDA tensors reduced by NCCL; `--device cuda` takes the
+    /// GPU of the local rank). Each rank trains `--batch-size` images per step; rank 0 writes
+    /// the run. Needs a build with `--features mpi` (or `nccl`).
+    #[arg(long, default_value = "none", value_name = "BACKEND", conflicts_with_all = ["backbone", "compare_ce", "train_teacher"])]
+    pub distributed: String,
+    /// Seconds a rank waits in one collective before it names the ranks that did not join and
+    /// ends the job.
+    #[arg(long, default_value_t = 600.0, value_name = "SECS")]
+    pub dist_timeout: f64,
 }
 
 /// Builds the run config from the arguments; reads no data.
@@ -103,6 +126,9 @@ pub fn resolve(args: &Args) -> Result<RunConfig> {
         cfg.data.data_dir = Some(d.clone());
     }
     args.recipe.apply(&mut cfg);
+    if let Some(t) = &args.teacher {
+        longtail::ride::distill::set_teacher(&mut cfg, t)?;
+    }
     if let Some(v) = args.val_fraction {
         cfg.data.val_fraction = Some(v);
     }
@@ -129,6 +155,76 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(backbone) = &args.backbone {
         return super::heads::run(heads_args(&args, backbone));
     }
+    let backend: longtail::train::dist::Backend = args.distributed.parse()?;
+    let (comm, device) = if backend == longtail::train::dist::Backend::None {
+        (longtail::train::Communicator::local(), None)
+    } else {
+        let (comm, device) = join_job(backend, &args)?;
+        (comm, Some(device))
+    };
+    // Past this point a rank's error ends every rank at once, naming this rank.
+    let result = run_rank(args, &comm, device);
+    match result {
+        Err(e) if comm.world_size() > 1 => comm.abort(&format!("{e:#}").replace('\n', " "), 2),
+        r => r,
+    }
+}
+
+/// `--distributed`: threads per rank, the GPU of the local rank, and the communicator.
+fn join_job(
+    backend: longtail::train::dist::Backend,
+    args: &Args,
+) -> Result<(longtail::train::Communicator, Device)> {
+    // Ranks on one machine share its cores: unless RAYON_NUM_THREADS says otherwise, each takes
+    // cores / (ranks on this machine) threads, at least 1 (set before MPI starts any thread).
+    let local: usize = std::env::var("OMPI_COMM_WORLD_LOCAL_SIZE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        std::env::set_var(
+            "RAYON_NUM_THREADS",
+            (cores / local.max(1)).max(1).to_string(),
+        );
+    }
+    if !(args.dist_timeout > 0.0 && args.dist_timeout.is_finite()) {
+        bail!("--dist-timeout must be a positive number of seconds");
+    }
+    let device = rank_device(&args.device)?;
+    let comm = longtail::train::Communicator::init(
+        backend,
+        std::time::Duration::from_secs_f64(args.dist_timeout),
+        &device,
+    )?;
+    if comm.is_root() {
+        eprintln!(
+            "device: {} on rank 0",
+            longtail::train::device::describe(&device)
+        );
+    }
+    Ok((comm, device))
+}
+
+/// `--device cuda` (or auto) on a rank: the GPU of its local rank (`LOCAL_RANK`,
+/// `OMPI_COMM_WORLD_LOCAL_RANK`, …), as `cuda:N`; `auto` falls back to the CPU.
+fn rank_device(asked: &str) -> Result<Device> {
+    use longtail::train::device::device;
+    let gpu = format!("cuda:{}", longtail::train::dist::cuda_ordinal(None));
+    Ok(match asked {
+        "cuda" => device(&gpu)?,
+        "auto" => device(&gpu).unwrap_or(Device::Cpu),
+        other => device(other)?,
+    })
+}
+
+/// `longtail train` on one rank (`comm`), on `device` when the job chose it.
+fn run_rank(
+    args: Args,
+    comm: &longtail::train::Communicator,
+    device: Option<Device>,
+) -> Result<()> {
+    let root = comm.is_root();
     let cfg = resolve(&args)?;
     let name = cfg
         .preset
@@ -138,21 +234,42 @@ pub fn run(args: Args) -> Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("runs/{name}-seed{}", cfg.seed)));
-    let progress = if args.quiet {
+    let progress = if args.quiet || !root {
         Progress::Quiet
     } else {
         Progress::Auto
     };
-    eprintln!(
-        "training {name} ({} experts, {} epochs) into {}",
-        cfg.model.num_experts,
-        cfg.optim.epochs,
-        out.display()
-    );
-    let device = device_announced(&args.device)?;
+    if root {
+        eprintln!(
+            "training {name} ({} experts, {} epochs) into {}{}",
+            cfg.model.num_experts,
+            cfg.optim.epochs,
+            out.display(),
+            if comm.world_size() > 1 {
+                format!(
+                    " on {} ranks ({}), {} images per step",
+                    comm.world_size(),
+                    comm.backend(),
+                    comm.world_size() * cfg.optim.batch_size
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
+    let device = match device {
+        Some(d) => d,
+        None => device_announced(&args.device)?,
+    };
     let method = registry::method(&cfg.method.name)?;
+    if args.train_teacher {
+        train_teacher(&cfg, progress, &device)?;
+    }
+    if let Some(file) = longtail::ride::distill::check_teacher(&cfg)? {
+        eprintln!("distilling from the teacher {}", file.display());
+    }
     let t0 = Instant::now();
-    let mode = if args.resume {
+    let mode = if args.resume || (args.train_teacher && out.join(LAST).is_file()) {
         OutMode::Resume
     } else if args.overwrite {
         OutMode::Overwrite
@@ -168,8 +285,20 @@ pub fn run(args: Args) -> Result<()> {
             None
         }
     };
-    let summary = train_run_with(&cfg, method, &out, mode, progress, &device, init.as_ref())?;
+    let summary = train_run_on(
+        &cfg,
+        method,
+        &out,
+        mode,
+        progress,
+        &device,
+        init.as_ref(),
+        comm,
+    )?;
     let wall = t0.elapsed().as_secs_f64();
+    if !root {
+        return Ok(());
+    }
     print_summary(&name, &summary, wall);
     if args.compare_ce && cfg.method.name != "ce" {
         let ce_name = format!(
@@ -225,6 +354,46 @@ pub fn run(args: Args) -> Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// `--train-teacher`: trains the teacher of the distilling run `student` into its teacher path
+/// (continued if it stopped there, only evaluated if it finished).
+fn train_teacher(student: &RunConfig, progress: Progress, device: &Device) -> Result<()> {
+    let teacher = longtail::ride::distill::teacher_config(student)?;
+    let Some(d) = longtail::ride::distill::distill_settings(student)? else {
+        bail!("--train-teacher needs a distilling RIDE recipe (a ride.<dataset>.distill preset or --teacher)");
+    };
+    let name = teacher
+        .preset
+        .clone()
+        .unwrap_or_else(|| format!("ride.{}.teacher", teacher.data.dataset));
+    let mode = if d.teacher.join(LAST).is_file() {
+        OutMode::Resume
+    } else {
+        OutMode::New
+    };
+    eprintln!(
+        "training the teacher {name} ({} experts, {} epochs) into {}{}",
+        teacher.model.num_experts,
+        teacher.optim.epochs,
+        d.teacher.display(),
+        if mode == OutMode::Resume {
+            " (continued, or skipped if finished)"
+        } else {
+            ""
+        }
+    );
+    let t0 = Instant::now();
+    let summary = train_run(
+        &teacher,
+        registry::method("ride")?,
+        &d.teacher,
+        mode,
+        progress,
+        device,
+    )?;
+    print_summary(&name, &summary, t0.elapsed().as_secs_f64());
     Ok(())
 }
 

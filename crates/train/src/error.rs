@@ -68,6 +68,9 @@ pub enum TrainError {
     /// A tensor operation failed.
     #[error(transparent)]
     Tensor(#[from] candle_core::Error),
+    /// A collective of data-parallel training failed (issue 19).
+    #[error(transparent)]
+    Dist(#[from] longtail_dist::DistError),
 }
 
 impl TrainError {

@@ -28,17 +28,18 @@ pub use config::{
     config_differences, human_bytes, DataConfig, MethodConfig, OptimConfig, RunConfig, SizeEstimate,
 };
 pub use error::TrainError;
-pub use eval::{evaluate, evaluate_with, Evaluation};
+pub use eval::{evaluate, evaluate_on, evaluate_with, Evaluation};
 pub use longtail_backbone::trainable_vars;
+pub use longtail_dist::{self as dist, Communicator};
 pub use method::{method_error, Method, MethodKind, Preset};
 pub use run::{
     check_fits, check_fits_in, load_data, load_run, machine_memory, metadata, per_class_csv,
-    train_run, train_run_with, transforms, write_per_class, LoadedRun, OutMode, RunData, RunLock,
-    TrunkInit, CONFIG_FILE, LOCK_FILE, PER_CLASS, RUN_FILES,
+    train_run, train_run_on, train_run_with, transforms, write_per_class, LoadedRun, OutMode,
+    RunData, RunLock, TrunkInit, CONFIG_FILE, LOCK_FILE, PER_CLASS, RUN_FILES,
 };
 pub use schedule::LrSchedule;
 pub use sgd::{Sgd, SgdConfig};
 pub use trainer::{
-    fit, train_epoch, EpochRecord, EpochStats, EpochTiming, FitSummary, Progress, RunOptions, Step,
-    TrainConfig, TrainData,
+    all_reduce_grads, check_world_size, fit, train_epoch, train_epoch_on, EpochRecord, EpochStats,
+    EpochTiming, FitSummary, Progress, RunOptions, Step, TrainConfig, TrainData,
 };

@@ -1,6 +1,7 @@
 //! Running a [`RunConfig`] end to end (data, model, method, [`fit`]) and reading a finished run
 //! back.
 
+use longtail_dist::Communicator;
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
@@ -350,9 +351,52 @@ pub fn train_run_with(
     device: &Device,
     init: Option<&TrunkInit>,
 ) -> Result<FitSummary, TrainError> {
+    train_run_inner(
+        cfg,
+        method,
+        out,
+        mode,
+        progress,
+        device,
+        init,
+        &Communicator::local(),
+    )
+}
+
+/// [`train_run_with`] as one rank of the data-parallel job `comm` (issue 19; see [`fit`]):
+/// every rank loads the data and builds the network; rank 0 alone checks, locks and writes
+/// `out` (the other ranks need no access to it) and prints, and its initial weights (`init`
+/// included) are broadcast to the others.
+#[allow(clippy::too_many_arguments)]
+pub fn train_run_on(
+    cfg: &RunConfig,
+    method: &dyn MethodKind,
+    out: &Path,
+    mode: OutMode,
+    progress: Progress,
+    device: &Device,
+    init: Option<&TrunkInit>,
+    comm: &Communicator,
+) -> Result<FitSummary, TrainError> {
+    train_run_inner(cfg, method, out, mode, progress, device, init, comm)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn train_run_inner(
+    cfg: &RunConfig,
+    method: &dyn MethodKind,
+    out: &Path,
+    mode: OutMode,
+    progress: Progress,
+    device: &Device,
+    init: Option<&TrunkInit>,
+    comm: &Communicator,
+) -> Result<FitSummary, TrainError> {
     cfg.check_common()?;
     method.check(cfg)?;
-    if mode == OutMode::Resume && !out.join(LAST).is_file() {
+    let root = comm.is_root();
+    let progress = if root { progress } else { Progress::Quiet };
+    if root && mode == OutMode::Resume && !out.join(LAST).is_file() {
         return Err(nothing_to_resume(out));
     }
     let (name, splits) = load_data(cfg)?;
@@ -377,11 +421,17 @@ pub fn train_run_with(
     let counts = splits.train.class_counts();
     let config_text = cfg.to_toml()?;
     let mut meta = metadata(cfg, &splits)?;
-    let created = !out.exists();
-    let lock = RunLock::acquire(out, "longtail train")?;
+    let created = root && !out.exists();
+    let lock = if root {
+        Some(RunLock::acquire(out, "longtail train")?)
+    } else {
+        None
+    };
     let prepared = (|| {
         let (varmap, model) = MultiExpert::seeded(&cfg.model, cfg.seed, device)?;
-        if mode == OutMode::Resume {
+        if !root {
+            // Rank 0 reads and writes the folder and broadcasts the weights ([`fit`]).
+        } else if mode == OutMode::Resume {
             let last = out.join(LAST);
             if let Ok(h) = checkpoint::read_header(&last) {
                 if let Some(p) = h.metadata.get("pretrained") {
@@ -393,7 +443,9 @@ pub fn train_run_with(
             meta.insert("pretrained".into(), init.source.clone());
         }
         let objective = method.build(cfg, &counts, device)?;
-        prepare_folder(out, cfg, &config_text, mode, &varmap)?;
+        if root {
+            prepare_folder(out, cfg, &config_text, mode, &varmap)?;
+        }
         Ok::<_, TrainError>((varmap, model, objective))
     })();
     let (varmap, model, mut objective) = match prepared {
@@ -408,7 +460,9 @@ pub fn train_run_with(
             return Err(e);
         }
     };
-    checkpoint::write_atomic(&out.join(CONFIG_FILE), config_text.as_bytes())?;
+    if root {
+        checkpoint::write_atomic(&out.join(CONFIG_FILE), config_text.as_bytes())?;
+    }
     let (train_transform, eval_transform) = transforms(cfg, name);
     let class_names = splits.train.class_names.clone();
     let data = TrainData {
@@ -425,6 +479,7 @@ pub fn train_run_with(
         metadata: meta,
         progress,
         device: device.clone(),
+        comm: comm.clone(),
     };
     let summary = fit(
         &model,
@@ -435,7 +490,9 @@ pub fn train_run_with(
         &opts,
     );
     let summary = summary.and_then(|s| {
-        write_per_class(out, &s.test, &counts, &class_names)?;
+        if root {
+            write_per_class(out, &s.test, &counts, &class_names)?;
+        }
         Ok(s)
     });
     drop(lock);

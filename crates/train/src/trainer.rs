@@ -9,12 +9,13 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 use longtail_backbone::MultiExpert;
-use longtail_data::{Batcher, Dataset, SamplerKind, Shot, Transform};
+use longtail_data::{Batcher, BatcherConfig, Dataset, SamplerKind, Shard, Shot, Transform};
+use longtail_dist::Communicator;
 use serde::Serialize;
 
 use crate::checkpoint::{self, MOMENTUM_PREFIX};
 use crate::config::config_differences;
-use crate::eval::{evaluate, Evaluation};
+use crate::eval::{evaluate_on, Evaluation};
 use crate::{LrSchedule, Method, Sgd, SgdConfig, TrainError};
 use longtail_backbone::trainable_vars;
 
@@ -122,6 +123,9 @@ pub struct RunOptions {
     pub progress: Progress,
     /// Device of the tensors.
     pub device: Device,
+    /// The ranks training together ([`Communicator::local`] for one process). See [`fit`] for
+    /// what each rank does.
+    pub comm: Communicator,
 }
 
 /// One line of `metrics.jsonl` (keys as RIDE's logs).
@@ -180,6 +184,21 @@ pub struct FitSummary {
 /// A run resumed from epoch k's checkpoint replays epochs k+1… exactly as an uninterrupted run:
 /// data order and augmentation depend only on (seed, epoch, sample), the method's state only on
 /// the epoch, and the checkpoint holds the weights, BN statistics and momentum buffers.
+///
+/// **Data-parallel** (`opts.comm` with W > 1 ranks, issue 19): rank 0 alone reads and writes
+/// the run folder (resume, checkpoints with `world_size = W` in their metadata, metrics) and
+/// prints; it broadcasts the weights, BN statistics and momentum buffers it starts from, so
+/// every rank starts identical. Each rank trains on its [`Shard`] of every epoch's order
+/// (PyTorch `DistributedSampler`: padded by wrapping, rank r takes positions r, r + W, …) with
+/// `batch_size` images per step, so a step sees W·`batch_size` images; the gradients are
+/// averaged over the ranks after each backward pass and before the optimizer step (candle's
+/// backward exposes no per-parameter hook, so there is no bucketed overlap with the backward
+/// pass), and every rank applies the same step. Batch norm is per rank (each rank normalises
+/// with its own batch's statistics and keeps its own running statistics, as the official
+/// `DataParallel` runs); the checkpoint holds rank 0's running statistics. The epoch's loss,
+/// accuracy and image count are summed over the ranks; evaluation is sharded over the ranks
+/// and gathered, so every rank gets the same [`Evaluation`]. A run must be resumed with the
+/// world size it was trained with.
 pub fn fit(
     model: &MultiExpert,
     varmap: &VarMap,
@@ -189,20 +208,27 @@ pub fn fit(
     opts: &RunOptions,
 ) -> Result<FitSummary, TrainError> {
     cfg.check()?;
+    let comm = &opts.comm;
+    let root = comm.is_root();
     let out = &opts.out_dir;
-    std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
+    if root {
+        std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
+    }
     let last = out.join(LAST);
     let mut opt = Sgd::new(trainable_vars(varmap), cfg.sgd)?;
     let mut history: Vec<EpochRecord> = vec![];
     let mut best_val = f64::NEG_INFINITY;
     let mut start_epoch = 1;
-    if opts.resume && !last.exists() {
+    if !root {
+        // Rank 0 owns the folder; the state comes from it below.
+    } else if opts.resume && !last.exists() {
         return Err(TrainError::RunFolder(format!(
             "nothing to resume in {}: it holds no {LAST}; drop --resume to start a new run",
             out.display()
         )));
     }
-    if last.exists() {
+    if !root {
+    } else if last.exists() {
         if !opts.resume {
             return Err(TrainError::RunFolder(format!(
                 "{} already holds a run: pass --resume to continue it, or choose another --out",
@@ -210,6 +236,7 @@ pub fn fit(
             )));
         }
         let ck = checkpoint::load(&last, &opts.device)?;
+        check_world_size(&ck.metadata, comm.world_size(), &last)?;
         check_same_config(
             &ck.metadata,
             opts.metadata.get("config").map(String::as_str),
@@ -251,17 +278,33 @@ pub fn fit(
             }
         }
     }
+    if comm.world_size() > 1 {
+        // Every rank starts from rank 0's epoch, best validation accuracy and state.
+        let mut head = [
+            start_epoch as f64,
+            best_val,
+            f64::from(u8::from(!opt.state().is_empty())),
+        ];
+        comm.broadcast_f64(&mut head, 0)?;
+        start_epoch = head[0] as usize;
+        best_val = head[1];
+        broadcast_state(comm, varmap, &mut opt, head[2] != 0.0)?;
+    }
     let resumed_from = start_epoch - 1;
-    if resumed_from >= cfg.epochs {
-        let test = evaluate(
+    let evaluate = |model: &MultiExpert, objective: &dyn Method, set: &Arc<Dataset>| {
+        evaluate_on(
+            comm,
             model,
-            objective,
-            &data.test,
+            &|out| objective.predict(out),
+            set,
             &data.eval_transform,
             cfg.eval_batch_size,
             &data.shots,
             &opts.device,
-        )?;
+        )
+    };
+    if resumed_from >= cfg.epochs {
+        let test = evaluate(model, objective, &data.test)?;
         return Ok(FitSummary {
             history,
             test,
@@ -269,7 +312,8 @@ pub fn fit(
             timing: vec![],
         });
     }
-    let mut progress = EpochProgress::new(opts.progress);
+    let mut progress = EpochProgress::new(if root { opts.progress } else { Progress::Quiet });
+    let shard = Shard::new(comm.rank(), comm.world_size())?;
     let mut last_test = None;
     let mut timing = vec![];
     for epoch in start_epoch..=cfg.epochs {
@@ -277,19 +321,25 @@ pub fn fit(
         objective.begin_epoch(epoch)?;
         let lr = cfg.schedule.lr(cfg.lr, epoch, cfg.epochs);
         opt.set_lr(lr);
-        let batcher = Batcher::new(
+        let batcher = Batcher::sharded(
             Arc::clone(&data.train),
-            cfg.sampler,
-            data.train_transform.clone(),
-            cfg.batch_size,
-            cfg.seed,
-            epoch as u64,
+            BatcherConfig {
+                sampler: cfg.sampler,
+                transform: data.train_transform.clone(),
+                batch_size: cfg.batch_size,
+                seed: cfg.seed,
+                epoch: epoch as u64,
+                prefetch: 2,
+            },
             &opts.device,
+            None,
+            shard,
         )?;
         progress.start(epoch, cfg.epochs, batcher.num_batches());
         // Mixup's draw is seeded by the batch's position in the epoch (docs/balpoe.md §2.3).
         let mut batch_index = 0u64;
-        let stats = train_epoch(
+        let stats = train_epoch_on(
+            comm,
             batcher,
             &mut opt,
             cfg.accumulate,
@@ -338,29 +388,16 @@ pub fn fit(
         );
         progress.finish();
         let stats = stats?;
+        // Summed over the ranks (padding duplicates included, as DistributedSampler counts them).
+        let mut sums = [stats.loss_sum, stats.correct as f64, stats.seen as f64];
+        comm.all_reduce_f64(&mut sums)?;
         let (loss_sum, correct, seen, train_secs) =
-            (stats.loss_sum, stats.correct, stats.seen, stats.seconds);
+            (sums[0], sums[1] as usize, sums[2] as usize, stats.seconds);
         let val = match &data.val {
-            Some(v) => Some(evaluate(
-                model,
-                objective,
-                v,
-                &data.eval_transform,
-                cfg.eval_batch_size,
-                &data.shots,
-                &opts.device,
-            )?),
+            Some(v) => Some(evaluate(model, objective, v)?),
             None => None,
         };
-        let test = evaluate(
-            model,
-            objective,
-            &data.test,
-            &data.eval_transform,
-            cfg.eval_batch_size,
-            &data.shots,
-            &opts.device,
-        )?;
+        let test = evaluate(model, objective, &data.test)?;
         let record = EpochRecord {
             epoch,
             loss: loss_sum / seen.max(1) as f64,
@@ -379,6 +416,9 @@ pub fn fit(
         };
         let mut meta = opts.metadata.clone();
         meta.insert("epoch".into(), epoch.to_string());
+        if comm.world_size() > 1 {
+            meta.insert(WORLD_SIZE.into(), comm.world_size().to_string());
+        }
         let improved = record.val_accuracy.is_some_and(|v| v > best_val);
         if improved {
             best_val = record.val_accuracy.unwrap_or(best_val);
@@ -386,12 +426,14 @@ pub fn fit(
         if best_val.is_finite() {
             meta.insert("best_val_accuracy".into(), best_val.to_string());
         }
-        checkpoint::save(&last, varmap, Some(opt.state()), &meta)?;
-        if improved {
-            checkpoint::save(&out.join(BEST), varmap, None, &meta)?;
+        if root {
+            checkpoint::save(&last, varmap, Some(opt.state()), &meta)?;
+            if improved {
+                checkpoint::save(&out.join(BEST), varmap, None, &meta)?;
+            }
+            append_line(&out.join(METRICS), &record)?;
+            append_line(&out.join(TIMING), &time)?;
         }
-        append_line(&out.join(METRICS), &record)?;
-        append_line(&out.join(TIMING), &time)?;
         progress.epoch_line(&record, &time);
         history.push(record);
         timing.push(time);
@@ -443,6 +485,29 @@ pub fn train_epoch(
     opt: &mut Sgd,
     accumulate: usize,
     epoch: usize,
+    step: impl FnMut(&longtail_data::Batch) -> Result<Step, TrainError>,
+    tick: impl FnMut(usize, f64, f64),
+) -> Result<EpochStats, TrainError> {
+    train_epoch_on(
+        &Communicator::local(),
+        batcher,
+        opt,
+        accumulate,
+        epoch,
+        step,
+        tick,
+    )
+}
+
+/// [`train_epoch`] as one rank of `comm`: the accumulated gradients are averaged over the ranks
+/// ([`all_reduce_grads`]) before each optimizer step. Every rank's `batcher` must yield the same
+/// number of batches (a [`Shard`] of the epoch does). The returned statistics are this rank's.
+pub fn train_epoch_on(
+    comm: &Communicator,
+    batcher: Batcher,
+    opt: &mut Sgd,
+    accumulate: usize,
+    epoch: usize,
     mut step: impl FnMut(&longtail_data::Batch) -> Result<Step, TrainError>,
     mut tick: impl FnMut(usize, f64, f64),
 ) -> Result<EpochStats, TrainError> {
@@ -486,10 +551,9 @@ pub fn train_epoch(
         }
         in_step += 1;
         if in_step == accumulate || index + 1 == steps {
-            opt.step_with(&std::mem::replace(
-                &mut pending,
-                vec![None; opt.params().len()],
-            ))?;
+            let grads = std::mem::replace(&mut pending, vec![None; opt.params().len()]);
+            let grads = all_reduce_grads(comm, opt.params(), grads)?;
+            opt.step_with(&grads)?;
             in_step = 0;
         }
         tick(seen, start.elapsed().as_secs_f64(), loss_sum / seen as f64);
@@ -502,6 +566,113 @@ pub fn train_epoch(
         steps,
         seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// Checkpoint metadata key of the number of ranks a data-parallel run was trained on (absent
+/// for one rank).
+pub const WORLD_SIZE: &str = "world_size";
+
+/// Refuses to resume from `last` (metadata `meta`) on `world` ranks when it was trained on
+/// another number: the shards, the per-rank batch norm and the effective batch would all
+/// differ, so the run would not continue as it started.
+pub fn check_world_size(
+    meta: &BTreeMap<String, String>,
+    world: usize,
+    last: &Path,
+) -> Result<(), TrainError> {
+    let trained: usize = match meta.get(WORLD_SIZE) {
+        None => 1,
+        Some(w) => w.parse().map_err(|_| {
+            TrainError::Checkpoint(format!(
+                "{}: metadata `{WORLD_SIZE}` is not a number: `{w}`",
+                last.display()
+            ))
+        })?,
+    };
+    if trained == world {
+        return Ok(());
+    }
+    let how = |w: usize| {
+        if w == 1 {
+            "one process (no --distributed)".to_string()
+        } else {
+            format!("{w} ranks (mpirun -np {w} … --distributed)")
+        }
+    };
+    Err(TrainError::RunFolder(format!(
+        "{} was trained on {} but this resume runs on {}: resume it on {}, or start a new run",
+        last.display(),
+        how(trained),
+        how(world),
+        how(trained)
+    )))
+}
+
+/// The data-parallel gradient: each parameter's gradient averaged over the ranks of `comm`
+/// (a parameter without a gradient on some rank counts as zero there, as in PyTorch DDP with
+/// unused parameters; one without a gradient on every rank stays without). One rank: `grads`
+/// unchanged.
+pub fn all_reduce_grads(
+    comm: &Communicator,
+    params: &[(String, candle_core::Var)],
+    grads: Vec<Option<Tensor>>,
+) -> Result<Vec<Option<Tensor>>, TrainError> {
+    if comm.world_size() == 1 {
+        return Ok(grads);
+    }
+    let mut present: Vec<f64> = grads
+        .iter()
+        .map(|g| f64::from(u8::from(g.is_some())))
+        .collect();
+    comm.all_reduce_f64(&mut present)?;
+    let mut dense = vec![];
+    let mut slots = vec![];
+    for (i, (g, (_, var))) in grads.iter().zip(params).enumerate() {
+        if present[i] > 0.0 {
+            dense.push(match g {
+                Some(g) => g.clone(),
+                None => var.as_tensor().zeros_like()?,
+            });
+            slots.push(i);
+        }
+    }
+    let mut out = vec![None; grads.len()];
+    for (i, g) in slots.into_iter().zip(comm.all_reduce_mean(&dense)?) {
+        out[i] = Some(g);
+    }
+    Ok(out)
+}
+
+/// Makes every rank's weights, BN statistics (every var of `varmap`) and, when `momentum`,
+/// SGD momentum buffers equal to rank 0's.
+fn broadcast_state(
+    comm: &Communicator,
+    varmap: &VarMap,
+    opt: &mut Sgd,
+    momentum: bool,
+) -> Result<(), TrainError> {
+    let vars: Vec<(String, candle_core::Var)> = {
+        let data = varmap.data().lock().expect("varmap lock");
+        data.iter().map(|(n, v)| (n.clone(), v.clone())).collect()
+    };
+    let tensors: Vec<Tensor> = vars.iter().map(|(_, v)| v.as_tensor().clone()).collect();
+    for ((_, var), value) in vars.iter().zip(comm.broadcast(&tensors, 0)?) {
+        var.set(&value)?;
+    }
+    if momentum {
+        let names: Vec<String> = opt.params().iter().map(|(n, _)| n.clone()).collect();
+        let mine: Vec<Tensor> = opt
+            .params()
+            .iter()
+            .map(|(n, v)| match opt.state().get(n) {
+                Some(m) => Ok(m.clone()),
+                None => v.as_tensor().zeros_like(),
+            })
+            .collect::<candle_core::Result<_>>()?;
+        let theirs = comm.broadcast(&mine, 0)?;
+        opt.load_state(names.into_iter().zip(theirs).collect())?;
+    }
+    Ok(())
 }
 
 /// Refuses to resume the run in `out` (checkpoint metadata `run`) with the config `asked`: the

@@ -103,6 +103,7 @@ fn opts(dir: &std::path::Path, resume: bool) -> RunOptions {
         metadata: BTreeMap::from([("config".to_string(), "tiny".to_string())]),
         progress: Progress::Quiet,
         device: Device::Cpu,
+        comm: longtail_train::Communicator::local(),
     }
 }
 
