@@ -119,6 +119,10 @@ enum Inner {
 
 /// A group of ranks training one model together (see the crate docs). Cheap to clone: clones
 /// share the same connection.
+///
+/// With the `mpi` feature the connection is neither `Send` nor `Sync`: MPI is initialised
+/// `MPI_THREAD_FUNNELED`, so a communicator must stay on the thread that created it. It is an
+/// `Arc` (not an `Rc`) so that the one-process build stays `Send + Sync`.
 #[derive(Clone)]
 pub struct Communicator {
     inner: Arc<Inner>,
@@ -142,6 +146,7 @@ impl Default for Communicator {
 
 impl Communicator {
     /// One rank alone: every collective returns its input.
+    #[allow(clippy::arc_with_non_send_sync)] // see the type's docs
     pub fn local() -> Self {
         Self {
             inner: Arc::new(Inner::Local),
@@ -175,6 +180,7 @@ impl Communicator {
                 })
             }
         };
+        #[allow(clippy::arc_with_non_send_sync)] // see the type's docs
         Ok(Self {
             inner: Arc::new(inner),
         })
