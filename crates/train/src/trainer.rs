@@ -651,9 +651,13 @@ fn broadcast_state(
     opt: &mut Sgd,
     momentum: bool,
 ) -> Result<(), TrainError> {
+    // In name order: a VarMap is a HashMap, whose iteration order differs from process to
+    // process, and every rank must pack the same tensors in the same order.
     let vars: Vec<(String, candle_core::Var)> = {
         let data = varmap.data().lock().expect("varmap lock");
-        data.iter().map(|(n, v)| (n.clone(), v.clone())).collect()
+        let mut vars: Vec<_> = data.iter().map(|(n, v)| (n.clone(), v.clone())).collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        vars
     };
     let tensors: Vec<Tensor> = vars.iter().map(|(_, v)| v.as_tensor().clone()).collect();
     for ((_, var), value) in vars.iter().zip(comm.broadcast(&tensors, 0)?) {
