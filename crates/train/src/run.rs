@@ -351,7 +351,7 @@ pub fn train_run_with(
     device: &Device,
     init: Option<&TrunkInit>,
 ) -> Result<FitSummary, TrainError> {
-    train_run_inner(
+    train_run_on(
         cfg,
         method,
         out,
@@ -369,20 +369,6 @@ pub fn train_run_with(
 /// included) are broadcast to the others.
 #[allow(clippy::too_many_arguments)]
 pub fn train_run_on(
-    cfg: &RunConfig,
-    method: &dyn MethodKind,
-    out: &Path,
-    mode: OutMode,
-    progress: Progress,
-    device: &Device,
-    init: Option<&TrunkInit>,
-    comm: &Communicator,
-) -> Result<FitSummary, TrainError> {
-    train_run_inner(cfg, method, out, mode, progress, device, init, comm)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn train_run_inner(
     cfg: &RunConfig,
     method: &dyn MethodKind,
     out: &Path,
