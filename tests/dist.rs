@@ -2,8 +2,8 @@
 //! thread per rank, on tiny data the tests write in the real IDX format. Built only with the
 //! `mpi` feature (`cargo test --features mpi`, as CI does; needs `openmpi-bin`).
 //!
-//! The rank-side half of a test is an `#[ignore]`d test of this same binary that the parent test
-//! starts under `mpirun` (`LONGTAIL_DIST_CHILD` set); run alone, it only says so.
+//! The gradient test starts this same test binary under `mpirun`, filtered to itself, with
+//! `LONGTAIL_DIST_CHILD` set; there it runs the rank side instead.
 mod util;
 use util::{longtail, stderr, stdout, write_tiny_idx, TinyIdx};
 
@@ -109,6 +109,9 @@ fn wait_epochs(metrics: &Path, n: usize) {
 /// not, since each rank normalises with its own half's statistics.
 #[test]
 fn two_ranks_of_64_average_to_the_one_rank_gradient_of_128() {
+    if std::env::var_os("LONGTAIL_DIST_CHILD").is_some() {
+        return rank_side_of_the_gradient_test();
+    }
     let dir = tempfile::tempdir().unwrap();
     let exe = std::env::current_exe().unwrap();
     let o = mpirun(
@@ -116,9 +119,8 @@ fn two_ranks_of_64_average_to_the_one_rank_gradient_of_128() {
         2,
         &exe,
         &[
-            "--ignored",
             "--exact",
-            "rank_side_of_the_gradient_test",
+            "two_ranks_of_64_average_to_the_one_rank_gradient_of_128",
             "--nocapture",
             "--test-threads",
             "1",
@@ -139,14 +141,8 @@ fn two_ranks_of_64_average_to_the_one_rank_gradient_of_128() {
     }
 }
 
-/// The rank side of the test above (started by it under `mpirun`).
-#[test]
-#[ignore = "run under mpirun by two_ranks_of_64_average_to_the_one_rank_gradient_of_128"]
+/// The rank side of the test above, in each rank `mpirun` started.
 fn rank_side_of_the_gradient_test() {
-    if std::env::var_os("LONGTAIL_DIST_CHILD").is_none() {
-        eprintln!("run by two_ranks_of_64_average_to_the_one_rank_gradient_of_128 under mpirun");
-        return;
-    }
     let dev = Device::Cpu;
     let comm = Communicator::init(Backend::Mpi, Duration::from_secs(120), &dev).unwrap();
     let (rank, world) = (comm.rank(), comm.world_size());
