@@ -5,7 +5,7 @@
 //! The gradient test starts this same test binary under `mpirun`, filtered to itself, with
 //! `LONGTAIL_DIST_CHILD` set; there it runs the rank side instead.
 mod util;
-use util::{longtail, stderr, stdout, write_tiny_idx, TinyIdx};
+use util::{longtail, stderr, stdout, tiny_config};
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -39,34 +39,6 @@ fn mpirun(dir: &Path, ranks: usize, program: &Path, args: &[&str]) -> Command {
 
 fn longtail_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_longtail"))
-}
-
-/// The `ride.fmnist-lt` recipe on a tiny 12×12 IDX set (IF 10), `epochs` epochs of batch 16.
-fn tiny_config(dir: &Path, epochs: usize) -> PathBuf {
-    let spec = TinyIdx {
-        side: 12,
-        train_per_class: 40,
-        test_per_class: 6,
-        seed: 7,
-        bright: 220,
-        dark: 20,
-        noise_shift: 60,
-        invert: false,
-    };
-    let idx = write_tiny_idx(dir, "idx", &spec);
-    let o = longtail(dir, &["presets", "ride.fmnist-lt"]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let mut cfg: toml::Table = toml::from_str(&stdout(&o)).unwrap();
-    let data = cfg["data"].as_table_mut().unwrap();
-    data.insert("dataset".into(), "fmnist".into());
-    data.insert("data_dir".into(), idx.to_string_lossy().into_owned().into());
-    data.insert("imbalance".into(), 10.0.into());
-    let optim = cfg["optim"].as_table_mut().unwrap();
-    optim.insert("epochs".into(), (epochs as i64).into());
-    optim.insert("batch_size".into(), 16.into());
-    let path = dir.join("ride.toml");
-    std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
-    path
 }
 
 fn safetensors_bytes(path: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
@@ -240,7 +212,7 @@ fn rank_side_of_the_gradient_test() {
 fn a_killed_two_rank_run_resumes_bit_identical() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path();
-    let cfg = tiny_config(p, 4);
+    let cfg = tiny_config(p, "ride", 4, 40);
     let cfg = cfg.to_str().unwrap();
     let train = |out: &str, extra: &[&str]| {
         let mut args = vec![
@@ -330,7 +302,7 @@ fn a_killed_two_rank_run_resumes_bit_identical() {
 fn killing_one_rank_ends_the_job_with_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path();
-    let cfg = tiny_config(p, 50);
+    let cfg = tiny_config(p, "ride", 50, 40);
     let cfg = cfg.to_str().unwrap();
     let child = mpirun(
         p,
@@ -413,7 +385,7 @@ fn children(pid: u32) -> Vec<u32> {
 #[test]
 fn distributed_without_mpirun_is_one_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = tiny_config(dir.path(), 1);
+    let cfg = tiny_config(dir.path(), "ride", 1, 40);
     let o = longtail(
         dir.path(),
         &[

@@ -3,44 +3,10 @@
 //! about a second.
 
 mod util;
-use util::{assert_fails, longtail, stderr, stdout, write_tiny_idx, TinyIdx};
+use util::{assert_fails, longtail, stderr, stdout, tiny_config};
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
-
-/// A Fashion-MNIST-shaped IDX directory: `per_class` train and 6 test images per class, each
-/// class a different bright square position on a dark background plus deterministic noise.
-fn tiny_idx(dir: &Path, per_class: usize) -> PathBuf {
-    let spec = TinyIdx {
-        side: 12,
-        train_per_class: per_class,
-        test_per_class: 6,
-        seed: 7,
-        bright: 220,
-        dark: 20,
-        noise_shift: 60,
-        invert: false,
-    };
-    write_tiny_idx(dir, "idx", &spec)
-}
-
-/// The `ride.fmnist-lt` preset pointed at the tiny IDX data (IF 10), with `epochs` epochs.
-fn tiny_config(dir: &Path, method: &str, epochs: usize, per_class: usize) -> PathBuf {
-    let idx = tiny_idx(dir, per_class);
-    let o = longtail(dir, &["presets", &format!("{method}.fmnist-lt")]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let mut cfg: toml::Table = toml::from_str(&stdout(&o)).unwrap();
-    let data = cfg["data"].as_table_mut().unwrap();
-    data.insert("dataset".into(), "fmnist".into());
-    data.insert("data_dir".into(), idx.to_string_lossy().into_owned().into());
-    data.insert("imbalance".into(), 10.0.into());
-    let optim = cfg["optim"].as_table_mut().unwrap();
-    optim.insert("epochs".into(), (epochs as i64).into());
-    optim.insert("batch_size".into(), 16.into());
-    let path = dir.join(format!("{method}.toml"));
-    std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
-    path
-}
 
 /// Trains `method` on [`tiny_config`] data into `dir/out` and asserts that it succeeded.
 fn train_tiny(dir: &Path, method: &str, epochs: usize, per_class: usize, out: &str) -> Output {

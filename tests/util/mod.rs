@@ -1,7 +1,7 @@
 //! Helpers shared by the end-to-end test binaries (`mod util;` in each).
 #![allow(dead_code)] // each test binary uses its own subset
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub fn longtail(dir: &Path, args: &[&str]) -> Output {
@@ -104,4 +104,38 @@ pub fn write_tiny_idx(dir: &Path, name: &str, spec: &TinyIdx) -> std::path::Path
         );
     }
     d
+}
+
+/// A Fashion-MNIST-shaped IDX directory: `per_class` train and 6 test images per class, each
+/// class a different bright square position on a dark background plus deterministic noise.
+pub fn tiny_idx(dir: &Path, per_class: usize) -> PathBuf {
+    let spec = TinyIdx {
+        side: 12,
+        train_per_class: per_class,
+        test_per_class: 6,
+        seed: 7,
+        bright: 220,
+        dark: 20,
+        noise_shift: 60,
+        invert: false,
+    };
+    write_tiny_idx(dir, "idx", &spec)
+}
+
+/// The `ride.fmnist-lt` preset pointed at the tiny IDX data (IF 10), with `epochs` epochs.
+pub fn tiny_config(dir: &Path, method: &str, epochs: usize, per_class: usize) -> PathBuf {
+    let idx = tiny_idx(dir, per_class);
+    let o = longtail(dir, &["presets", &format!("{method}.fmnist-lt")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut cfg: toml::Table = toml::from_str(&stdout(&o)).unwrap();
+    let data = cfg["data"].as_table_mut().unwrap();
+    data.insert("dataset".into(), "fmnist".into());
+    data.insert("data_dir".into(), idx.to_string_lossy().into_owned().into());
+    data.insert("imbalance".into(), 10.0.into());
+    let optim = cfg["optim"].as_table_mut().unwrap();
+    optim.insert("epochs".into(), (epochs as i64).into());
+    optim.insert("batch_size".into(), 16.into());
+    let path = dir.join(format!("{method}.toml"));
+    std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
+    path
 }
