@@ -77,8 +77,9 @@ fn wait_epochs(metrics: &Path, n: usize) {
 }
 
 /// Two ranks with 64 images each average to exactly the one-rank gradient of the 128 images
-/// when batch norm is in eval mode; in train mode (per-rank batch norm, the default) they do
-/// not, since each rank normalises with its own half's statistics.
+/// when batch norm is in eval mode or synchronised (`--sync-bn`); in train mode with per-rank
+/// batch norm (the default) they do not, since each rank normalises with its own half's
+/// statistics.
 #[test]
 fn two_ranks_of_64_average_to_the_one_rank_gradient_of_128() {
     if std::env::var_os("LONGTAIL_DIST_CHILD").is_some() {
@@ -106,10 +107,12 @@ fn two_ranks_of_64_average_to_the_one_rank_gradient_of_128() {
     assert!(o.status.success(), "{out}\n{err}");
     // Both ranks ran the comparison (each prints its line).
     for r in 0..2 {
-        assert!(
-            out.contains(&format!("rank {r} of 2: eval-mode gradients equal")),
-            "{out}\n{err}"
-        );
+        for what in ["eval-mode", "sync-BN train-mode"] {
+            assert!(
+                out.contains(&format!("rank {r} of 2: {what} gradients equal")),
+                "{out}\n{err}"
+            );
+        }
     }
 }
 
@@ -183,8 +186,12 @@ fn rank_side_of_the_gradient_test() {
         x.narrow(0, rank * half, half).unwrap(),
         y.narrow(0, rank * half, half).unwrap(),
     );
+    let mut one_rank_train = None;
     for train in [false, true] {
         let one_rank = grads(&x, &y, train);
+        if train {
+            one_rank_train = Some(one_rank.clone());
+        }
         let mine = grads(&xs, &ys, train);
         let two_ranks = all_reduce_grads(&comm, &params, mine).unwrap();
         let d = max_diff(&one_rank, &two_ranks);
@@ -202,6 +209,19 @@ fn rank_side_of_the_gradient_test() {
             println!("rank {rank} of {world}: eval-mode gradients equal (max diff {d:e})");
         }
     }
+    // Synchronised batch norm (--sync-bn): the 2 × 64 gradient is the 1 × 128 train-mode one.
+    let synced = {
+        let _sync = longtail::train::SyncBatchNorm::enable(&comm);
+        let mine = grads(&xs, &ys, true);
+        all_reduce_grads(&comm, &params, mine).unwrap()
+    };
+    let reference = one_rank_train.unwrap();
+    let d = max_diff(&reference, &synced);
+    assert!(
+        d <= 1e-5,
+        "sync-BN gradients differ by {d} between 1 rank × 128 and 2 ranks × 64"
+    );
+    println!("rank {rank} of {world}: sync-BN train-mode gradients equal (max diff {d:e})");
     comm.barrier().unwrap();
 }
 
@@ -402,4 +422,39 @@ fn distributed_without_mpirun_is_one_clear_error() {
     let e = stderr(&o);
     assert!(e.contains("mpirun -np"), "{e}");
     assert!(!dir.path().join("run").exists());
+}
+
+/// `--sync-bn` trains over 2 ranks, is recorded in the run's config (so a resume must ask for it
+/// again), and without `--distributed` is one clear error.
+#[test]
+fn sync_bn_trains_over_two_ranks_and_needs_distributed() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let cfg = tiny_config(p, "ride", 2, 40);
+    let cfg = cfg.to_str().unwrap();
+    let args = [
+        "train",
+        "--distributed",
+        "mpi",
+        "--sync-bn",
+        "--config",
+        cfg,
+        "--out",
+        "synced",
+        "--quiet",
+    ];
+    let o = mpirun(p, 2, &longtail_bin(), &args).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(lines(&p.join("synced/metrics.jsonl")), 2);
+    let config = std::fs::read_to_string(p.join("synced/config.toml")).unwrap();
+    assert!(config.contains("sync_bn = true"), "{config}");
+
+    let o = longtail(
+        p,
+        &["train", "--sync-bn", "--config", cfg, "--out", "alone"],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--sync-bn"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--distributed"), "{}", stderr(&o));
+    assert!(!p.join("alone").exists());
 }

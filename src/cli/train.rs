@@ -106,6 +106,11 @@ pub struct Args {
     /// ends the job.
     #[arg(long, default_value_t = 600.0, value_name = "SECS")]
     pub dist_timeout: f64,
+    /// With `--distributed`: synchronised batch norm, each train-mode BN normalised with the
+    /// statistics of all ranks' images (PyTorch `SyncBatchNorm`) rather than each rank's own
+    /// (the default, as the official multi-GPU runs). Stored in the run's config.
+    #[arg(long)]
+    pub sync_bn: bool,
 }
 
 /// Builds the run config from the arguments; reads no data.
@@ -131,6 +136,12 @@ pub fn resolve(args: &Args) -> Result<RunConfig> {
     }
     if let Some(v) = args.val_fraction {
         cfg.data.val_fraction = Some(v);
+    }
+    if args.sync_bn {
+        if args.distributed == "none" {
+            bail!("--sync-bn synchronises batch norm over the ranks of a data-parallel run: add --distributed mpi|nccl (under mpirun)");
+        }
+        cfg.optim.sync_bn = true;
     }
     if let Some(a) = args.mixup {
         cfg.optim.mixup_alpha = (a != 0.0).then_some(a);

@@ -757,3 +757,65 @@ fn init_rejects_unknown_parameters() -> TestResult {
     );
     Ok(())
 }
+
+/// The sum over the ranks of a one-rank job: the tensor itself (its gradient passes through).
+struct OneRank;
+
+impl longtail_backbone::ops::RankSum for OneRank {
+    fn sum_over_ranks(&self, t: &Tensor) -> candle_core::Result<Tensor> {
+        Ok(t.clone())
+    }
+}
+
+/// Synchronised batch norm over one rank is per-rank batch norm: the same outputs, gradients
+/// and running statistics as the fused train-mode kernels (it is computed with candle's ops in
+/// two passes, so up to float rounding), and `set_sync_batch_norm(None)` turns it off again.
+#[test]
+fn sync_batch_norm_on_one_rank_is_batch_norm() -> TestResult {
+    use longtail_backbone::ops::set_sync_batch_norm;
+    let cfg = tiny_cfg(Layout::SharedLayer1);
+    let run = |sync: bool| -> Result<(Tensor, Vec<Tensor>, Vec<f32>), BackboneError> {
+        let (varmap, net) = MultiExpert::seeded(&cfg, 5, &Device::Cpu)?;
+        if sync {
+            set_sync_batch_norm(Some(std::rc::Rc::new(OneRank)));
+        }
+        let out = net.forward_t(&randn(&[6, 3, 8, 8], 8), true);
+        let target = randn(&[6, 3, 5], 9);
+        let grads = out.as_ref().map_err(|e| e.to_string()).and_then(|o| {
+            (&o.expert_logits * &target)
+                .and_then(|l| l.sum_all())
+                .and_then(|l| l.backward())
+                .map_err(|e| e.to_string())
+        });
+        if sync {
+            assert!(set_sync_batch_norm(None).is_some());
+        }
+        let (out, grads) = (out?, grads.unwrap());
+        let g = trainable_vars(&varmap)
+            .iter()
+            .map(|(_, v)| grads.get(v.as_tensor()).unwrap().clone())
+            .collect();
+        let data = varmap.data().lock().unwrap();
+        let rv = data["backbone.layer1.0.bn2.running_var"]
+            .as_tensor()
+            .to_vec1::<f32>()?;
+        Ok((out.logits, g, rv))
+    };
+    let (y0, g0, rv0) = run(false)?;
+    let (y1, g1, rv1) = run(true)?;
+    assert!(max_abs_diff(&y0, &y1) < 1e-5, "{}", max_abs_diff(&y0, &y1));
+    let mut worst = 0f32;
+    for (a, b) in g0.iter().zip(&g1) {
+        let scale = a.abs()?.max_all()?.to_scalar::<f32>()?.max(1.0);
+        worst = worst.max(max_abs_diff(a, b) / scale);
+    }
+    eprintln!("worst relative gradient difference {worst:e}");
+    assert!(worst < 1e-5, "{worst}");
+    for (a, b) in rv0.iter().zip(&rv1) {
+        assert!((a - b).abs() < 1e-5);
+    }
+    // Off again: the next train-mode forward is the fused kernel's.
+    let (y2, _, _) = run(false)?;
+    assert_eq!(max_abs_diff(&y0, &y2), 0.0);
+    Ok(())
+}

@@ -276,6 +276,25 @@ impl Communicator {
         }
     }
 
+    /// The element-wise sum over ranks of `t`, as a differentiable op: the gradient reaching
+    /// `t` on each rank is the sum over the ranks of the gradients of the result (what
+    /// synchronised batch norm needs, as `torch.distributed.nn.all_reduce`). The backward
+    /// collective runs inside `backward()`, which must then be called on every rank, on the
+    /// thread that owns this communicator. One rank: `t` itself.
+    pub fn all_reduce_sum_autograd(&self, t: &Tensor) -> Result<Tensor, DistError> {
+        if self.world_size() == 1 {
+            return Ok(t.clone());
+        }
+        let sum = self.all_reduce_sum(&[t.detach()])?.remove(0);
+        // `sum + (g(t) − t)`: the value is exactly `sum` (g is the identity), the gradient flows
+        // into `t` through g, whose backward sums it over the ranks.
+        let tracked = t.apply_op1(SumGradsOverRanks {
+            comm: self.clone(),
+            thread: std::thread::current().id(),
+        })?;
+        Ok((sum + (tracked - t.detach())?)?)
+    }
+
     /// The element-wise mean over ranks of each tensor (the data-parallel gradient average).
     pub fn all_reduce_mean(&self, tensors: &[Tensor]) -> Result<Vec<Tensor>, DistError> {
         let w = self.world_size();
@@ -384,6 +403,68 @@ fn host_collective(
             Ok(part.to_dtype(t.dtype())?)
         })
         .collect()
+}
+
+/// The identity whose backward sums the incoming gradient over the ranks
+/// ([`Communicator::all_reduce_sum_autograd`]).
+struct SumGradsOverRanks {
+    comm: Communicator,
+    thread: std::thread::ThreadId,
+}
+
+// SAFETY: candle wants custom ops `Send + Sync` (the graph could in principle move between
+// threads); the MPI connection inside `comm` is not, since MPI is initialised
+// `MPI_THREAD_FUNNELED`. The op only touches `comm` in `bwd`, which checks that it runs on the
+// thread that created the op (the communicator's), and errors otherwise.
+unsafe impl Send for SumGradsOverRanks {}
+unsafe impl Sync for SumGradsOverRanks {}
+
+/// A contiguous copy of the tensor `s`/`l` describe, on its own device.
+fn copy_storage<S>(s: &S, l: &candle_core::Layout) -> candle_core::Result<(S, candle_core::Shape)>
+where
+    S: candle_core::backend::BackendStorage,
+    S::Device: candle_core::backend::BackendDevice<Storage = S>,
+{
+    use candle_core::backend::BackendDevice;
+    let mut dst = s.device().zeros_impl(l.shape(), s.dtype())?;
+    s.copy_strided_src(&mut dst, 0, l)?;
+    Ok((dst, l.shape().clone()))
+}
+
+impl candle_core::CustomOp1 for SumGradsOverRanks {
+    fn name(&self) -> &'static str {
+        "sum-gradients-over-ranks"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s: &candle_core::CpuStorage,
+        l: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        copy_storage(s, l)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
+        copy_storage(s, l)
+    }
+
+    fn bwd(&self, _: &Tensor, _: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        if std::thread::current().id() != self.thread {
+            candle_core::bail!(
+                "a cross-rank sum was differentiated on another thread than its communicator's"
+            );
+        }
+        let summed = self
+            .comm
+            .all_reduce_sum(std::slice::from_ref(grad))
+            .map_err(candle_core::Error::wrap)?;
+        Ok(summed.into_iter().next())
+    }
 }
 
 /// The CUDA ordinal of this rank on its machine: `LOCAL_RANK` (torchrun), else

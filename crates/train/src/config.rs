@@ -203,6 +203,12 @@ pub struct OptimConfig {
     /// checkpoints compare equal.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mixup_alpha: Option<f64>,
+    /// Data-parallel runs: normalise every train-mode batch norm with the statistics of the
+    /// global batch (all ranks' images, PyTorch `SyncBatchNorm`) instead of each rank's own
+    /// (the default, as the official multi-GPU runs did). No effect on one process. Written out
+    /// only when set.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sync_bn: bool,
 }
 
 impl OptimConfig {
@@ -223,6 +229,7 @@ impl OptimConfig {
             accumulate: 1,
             eval_batch_size: default_eval_batch(),
             mixup_alpha: None,
+            sync_bn: false,
         }
     }
 }
@@ -262,6 +269,7 @@ impl RunConfig {
             sampler: self.data.sampler,
             eval_batch_size: self.optim.eval_batch_size,
             mixup_alpha: self.optim.mixup_alpha,
+            sync_bn: self.optim.sync_bn,
         }
     }
 

@@ -41,5 +41,5 @@ pub use schedule::LrSchedule;
 pub use sgd::{Sgd, SgdConfig};
 pub use trainer::{
     all_reduce_grads, check_world_size, fit, train_epoch, train_epoch_on, EpochRecord, EpochStats,
-    EpochTiming, FitSummary, Progress, RunOptions, Step, TrainConfig, TrainData,
+    EpochTiming, FitSummary, Progress, RunOptions, Step, SyncBatchNorm, TrainConfig, TrainData,
 };

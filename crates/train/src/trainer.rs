@@ -3,11 +3,13 @@
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
+use longtail_backbone::ops::{set_sync_batch_norm, RankSum};
 use longtail_backbone::MultiExpert;
 use longtail_data::{Batcher, BatcherConfig, Dataset, SamplerKind, Shard, Shot, Transform};
 use longtail_dist::Communicator;
@@ -54,6 +56,9 @@ pub struct TrainConfig {
     pub eval_batch_size: usize,
     /// Mixup's α ([`crate::mixup`]); `None` trains without mixup.
     pub mixup_alpha: Option<f64>,
+    /// Synchronised batch norm over the ranks of a data-parallel run
+    /// ([`longtail_backbone::ops::set_sync_batch_norm`]); ignored on one rank.
+    pub sync_bn: bool,
 }
 
 impl TrainConfig {
@@ -290,6 +295,7 @@ pub fn fit(
         best_val = head[1];
         broadcast_state(comm, varmap, &mut opt, head[2] != 0.0)?;
     }
+    let _sync_bn = (cfg.sync_bn && comm.world_size() > 1).then(|| SyncBatchNorm::enable(comm));
     let resumed_from = start_epoch - 1;
     let evaluate = |model: &MultiExpert, objective: &dyn Method, set: &Arc<Dataset>| {
         evaluate_on(
@@ -566,6 +572,40 @@ pub fn train_epoch_on(
         steps,
         seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// Synchronised batch norm over the ranks of `comm` while it lives: every train-mode
+/// [`longtail_backbone::ops::BatchNorm2d`] forward on this thread uses the global batch's
+/// statistics ([`longtail_backbone::ops::set_sync_batch_norm`]); dropping it restores the
+/// previous setting. [`fit`] holds one for the run when [`TrainConfig::sync_bn`] is set.
+pub struct SyncBatchNorm {
+    previous: Option<Rc<dyn RankSum>>,
+}
+
+impl SyncBatchNorm {
+    /// Turns synchronised batch norm on over `comm`'s ranks.
+    pub fn enable(comm: &Communicator) -> Self {
+        Self {
+            previous: set_sync_batch_norm(Some(Rc::new(RanksOf(comm.clone())))),
+        }
+    }
+}
+
+impl Drop for SyncBatchNorm {
+    fn drop(&mut self) {
+        set_sync_batch_norm(self.previous.take());
+    }
+}
+
+/// The differentiable cross-rank sum of a communicator.
+struct RanksOf(Communicator);
+
+impl RankSum for RanksOf {
+    fn sum_over_ranks(&self, t: &Tensor) -> candle_core::Result<Tensor> {
+        self.0
+            .all_reduce_sum_autograd(t)
+            .map_err(candle_core::Error::wrap)
+    }
 }
 
 /// Checkpoint metadata key of the number of ranks a data-parallel run was trained on (absent

@@ -93,6 +93,7 @@ fn train_cfg(epochs: usize) -> TrainConfig {
         sampler: SamplerKind::Shuffled,
         eval_batch_size: 32,
         mixup_alpha: None,
+        sync_bn: false,
     }
 }
 
