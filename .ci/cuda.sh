@@ -9,11 +9,13 @@
 #
 # The driver library libcuda.so.1 ships with the NVIDIA driver, never in a wheel, and cuBLAS's
 # wheel is ~0.5 GB, so the link uses *stub* libraries instead: one empty function for every
-# symbol cudarc's bindings declare, with the real SONAME. That is exactly what the CUDA
+# symbol cudarc's bindings declare, with the real SONAME (libnccl.so.2 too, for `--features nccl`;
+# PyTorch's nvidia-nccl-cu13 wheel has the real one). That is exactly what the CUDA
 # toolkit's own lib64/stubs/libcuda.so is; at run time the real libraries are found instead
 # (the driver's libcuda.so.1 and, e.g., PyTorch's nvidia/cu13/lib).
 #
 #   bash .ci/cuda.sh            # install (once) and `cargo build --features cuda`
+#   bash .ci/cuda.sh build --features nccl  # what CI runs: CUDA + NCCL + MPI (needs libopenmpi-dev)
 #   bash .ci/cuda.sh env        # install (once) and print the `export` lines, for `eval`
 #   bash .ci/cuda.sh build ARGS # install (once) and `cargo build --features cuda ARGS`
 #   bash .ci/cuda.sh cudnn-stub # also a cuDNN link stub, for `--features cudnn` builds
@@ -36,7 +38,7 @@ CUDARC_VERSION=0.19.10 # the cudarc that Cargo.lock resolves for candle-core 0.1
 
 VENV="${LONGTAIL_CUDA_VENV:-$HOME/.cache/longtail/cuda-13.0}"
 STAMP="$VENV/.longtail-installed"
-want="${WHEELS[*]} cudarc-$CUDARC_VERSION stubs-v1"
+want="${WHEELS[*]} cudarc-$CUDARC_VERSION stubs-v2"
 
 install() {
     if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
@@ -62,7 +64,7 @@ install() {
     local stubs="$root/lib/stubs" lib soname module
     mkdir -p "$stubs"
     for spec in cuda:libcuda.so.1:driver cublas:libcublas.so.13:cublas cublasLt:libcublasLt.so.13:cublaslt \
-        curand:libcurand.so.10:curand nvrtc:libnvrtc.so.13:nvrtc; do
+        curand:libcurand.so.10:curand nvrtc:libnvrtc.so.13:nvrtc nccl:libnccl.so.2:nccl; do
         IFS=: read -r lib soname module <<<"$spec"
         grep -ohE '^pub unsafe fn [A-Za-z0-9_]+\(' "$src/src/$module/sys/mod.rs" |
             sed -E 's/^pub unsafe fn ([A-Za-z0-9_]+)\(/void \1(void) {}/' | sort -u >"$stubs/$lib.c"
