@@ -4,7 +4,7 @@
 use longtail_backbone::{Arch, BackboneConfig, Blocks, Layout};
 use longtail_data::AugmentKind;
 use longtail_train::{
-    DataConfig, LrSchedule, MethodConfig, OptimConfig, Preset, RunConfig, SgdConfig,
+    DataConfig, LrGroup, LrSchedule, MethodConfig, OptimConfig, Preset, RunConfig, SgdConfig,
 };
 use serde::{Deserialize, Serialize};
 
@@ -255,11 +255,11 @@ fn inat2018() -> RunConfig {
     )
 }
 
-/// Places-LT: ResNet-152 without reduced widths, 30 epochs, batch 128, lr 0.01, wd 4e-4, no
-/// warm-up, ×0.1 at 10 and ×0.01 at 20, τ 1; test time lr 0.01, wd 4e-4, blur p 0.5.
-/// Not yet as official: the official run starts from an ImageNet-pretrained trunk and trains
-/// everything but the classifiers at lr 0.001; a run config has neither a pretrained trunk nor
-/// a second learning rate yet, so this preset trains from scratch at one lr.
+/// Places-LT: ResNet-152 without reduced widths, 30 epochs, batch 128, lr 0.01 for the
+/// classifiers and [`PLACES_BACKBONE_LR`] (0.001) for everything else (`train_places.py`'s
+/// parameter groups, as `[optim] lr_groups`), wd 4e-4, no warm-up, ×0.1 at 10 and ×0.01 at 20,
+/// τ 1; test time lr 0.01, wd 4e-4, blur p 0.5. The official run starts from an
+/// ImageNet-pretrained trunk: pass it with `--pretrained` ([`PLACES_PRETRAINED`]).
 /// The ImageNet-pretrained trunk the official Places-LT run starts from (OLTR's Caffe
 /// ResNet-152). A run loads an ImageNet ResNet-152 trunk with `longtail train --preset
 /// sade.places-lt --pretrained FILE|hf://…` (torchvision keys, e.g. hf://timm/resnet152.tv_in1k;
@@ -268,16 +268,27 @@ fn inat2018() -> RunConfig {
 pub const PLACES_PRETRAINED: &str = "oltr-caffe-resnet152-imagenet";
 
 /// The learning rate of everything but the classifiers in the official Places-LT run (the
-/// classifiers get the preset's lr, 0.01); a run config has one learning rate so far.
+/// classifiers get the preset's lr, 0.01).
 pub const PLACES_BACKBONE_LR: f64 = 0.001;
 
 fn places_lt() -> RunConfig {
+    let mut optim = sgd(30, 128, 0.01, 4e-4, steps(0, [10, 20], 0.1));
+    optim.lr_groups = vec![
+        LrGroup {
+            prefix: "backbone.linears.".into(),
+            scale: 1.0,
+        },
+        LrGroup {
+            prefix: String::new(),
+            scale: 0.1, // 0.1 × 0.01 = PLACES_BACKBONE_LR
+        },
+    ];
     with_val_list(run(
         "places-lt",
         None,
         imagenet_backbone(Arch::Resnet152, false, 365),
         1.0,
-        sgd(30, 128, 0.01, 4e-4, steps(0, [10, 20], 0.1)),
+        optim,
         test_time(0.01, 4e-4, 0.5, 0.0),
     ))
 }

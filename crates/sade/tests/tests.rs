@@ -424,6 +424,20 @@ fn presets_hold_official_values() {
         (30, 0.01, 4e-4)
     );
     assert_eq!(p.optim.schedule, steps(0, [10, 20], 0.1));
+    // train_places.py's groups: classifiers at the lr, everything else at 0.001.
+    let groups: Vec<(&str, f64)> = p
+        .optim
+        .lr_groups
+        .iter()
+        .map(|g| (g.prefix.as_str(), p.optim.lr * g.scale))
+        .collect();
+    assert_eq!(groups.len(), 2);
+    assert_eq!((groups[0].0, groups[0].1), ("backbone.linears.", 0.01));
+    assert_eq!(groups[1].0, "");
+    assert!((groups[1].1 - PLACES_BACKBONE_LR).abs() < 1e-15);
+    // The config file round-trips the groups.
+    let again = longtail_train::RunConfig::from_toml(&p.to_toml().unwrap()).unwrap();
+    assert_eq!(again.optim.lr_groups, p.optim.lr_groups);
     let ps = settings(&p);
     assert_eq!(
         (ps.loss.tau, ps.test_time.lr, ps.test_time.weight_decay),

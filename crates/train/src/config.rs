@@ -209,6 +209,11 @@ pub struct OptimConfig {
     /// only when set.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub sync_bn: bool,
+    /// Learning rates of their own for groups of parameters ([`crate::LrGroup`], as PyTorch SGD
+    /// parameter groups): the first group whose prefix a parameter's name starts with sets its
+    /// multiple of `lr`. Empty (the default, not written out): one rate for all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lr_groups: Vec<crate::LrGroup>,
 }
 
 impl OptimConfig {
@@ -230,6 +235,7 @@ impl OptimConfig {
             eval_batch_size: default_eval_batch(),
             mixup_alpha: None,
             sync_bn: false,
+            lr_groups: vec![],
         }
     }
 }
@@ -270,6 +276,7 @@ impl RunConfig {
             eval_batch_size: self.optim.eval_batch_size,
             mixup_alpha: self.optim.mixup_alpha,
             sync_bn: self.optim.sync_bn,
+            lr_groups: self.optim.lr_groups.clone(),
         }
     }
 

@@ -38,7 +38,7 @@ pub use run::{
     RunData, RunLock, TrunkInit, CONFIG_FILE, LOCK_FILE, PER_CLASS, RUN_FILES,
 };
 pub use schedule::LrSchedule;
-pub use sgd::{Sgd, SgdConfig};
+pub use sgd::{LrGroup, Sgd, SgdConfig};
 pub use trainer::{
     all_reduce_grads, check_world_size, fit, train_epoch, train_epoch_on, EpochRecord, EpochStats,
     EpochTiming, FitSummary, Progress, RunOptions, Step, SyncBatchNorm, TrainConfig, TrainData,

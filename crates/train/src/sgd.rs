@@ -31,6 +31,19 @@ impl Default for SgdConfig {
     }
 }
 
+/// A learning rate of its own for the parameters whose names start with `prefix`: `scale` times
+/// the run's (scheduled) learning rate. PyTorch's SGD parameter groups, as SADE's Places-LT
+/// trainer builds them (classifiers at 10× the rest); the schedule multiplies every group alike,
+/// as `MultiStepLR` does.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LrGroup {
+    /// Parameter-name prefix (`backbone.linears` for the classifiers; `""` matches every name).
+    pub prefix: String,
+    /// Multiplier of the learning rate for these parameters (≥ 0).
+    pub scale: f64,
+}
+
 /// `torch.optim.SGD(params, lr, momentum, weight_decay, nesterov, dampening=0)`.
 ///
 /// One step, for each parameter `w` with gradient `g`:
@@ -43,6 +56,8 @@ pub struct Sgd {
     momentum: BTreeMap<String, Tensor>,
     cfg: SgdConfig,
     lr: f64,
+    /// Per parameter (in `params` order): its multiple of `lr` ([`LrGroup`]; 1 by default).
+    lr_scale: Vec<f64>,
 }
 
 impl Sgd {
@@ -62,12 +77,51 @@ impl Sgd {
                 "nesterov momentum requires momentum > 0".into(),
             ));
         }
+        let lr_scale = vec![1.0; params.len()];
         Ok(Self {
             params,
             momentum: BTreeMap::new(),
             cfg,
             lr: 0.0,
+            lr_scale,
         })
+    }
+
+    /// Gives each parameter the scale of the first group whose prefix its name starts with
+    /// (1 when none does). A group that matches no parameter is an error: it would be a typo
+    /// that silently trains everything at one rate.
+    pub fn set_lr_groups(&mut self, groups: &[LrGroup]) -> Result<(), TrainError> {
+        for g in groups {
+            if !(g.scale >= 0.0 && g.scale.is_finite()) {
+                return Err(TrainError::Config(format!(
+                    "lr group `{}`: the scale must be a finite number >= 0 (got {})",
+                    g.prefix, g.scale
+                )));
+            }
+        }
+        let mut used = vec![false; groups.len()];
+        for (scale, (name, _)) in self.lr_scale.iter_mut().zip(&self.params) {
+            *scale = match groups.iter().position(|g| name.starts_with(&g.prefix)) {
+                Some(i) => {
+                    used[i] = true;
+                    groups[i].scale
+                }
+                None => 1.0,
+            };
+        }
+        if let Some(i) = used.iter().position(|u| !u) {
+            return Err(TrainError::Config(format!(
+                "lr group `{}` matches no trainable parameter (names look like `{}`)",
+                groups[i].prefix,
+                self.params.first().map_or("", |(n, _)| n.as_str())
+            )));
+        }
+        Ok(())
+    }
+
+    /// Each parameter's multiple of the learning rate, in [`Sgd::params`] order.
+    pub fn lr_scales(&self) -> &[f64] {
+        &self.lr_scale
     }
 
     /// Sets the learning rate used by the next [`Sgd::step`].
@@ -102,7 +156,7 @@ impl Sgd {
             weight_decay: wd,
             nesterov,
         } = self.cfg;
-        for ((name, var), g) in self.params.iter().zip(grads) {
+        for (((name, var), g), scale) in self.params.iter().zip(grads).zip(&self.lr_scale) {
             let Some(g) = g else { continue };
             let mut g = g.clone();
             if wd != 0.0 {
@@ -126,7 +180,7 @@ impl Sgd {
             } else {
                 g
             };
-            var.set(&(var.as_tensor() - (d * self.lr)?)?)?;
+            var.set(&(var.as_tensor() - (d * (self.lr * scale))?)?)?;
         }
         Ok(())
     }
@@ -161,6 +215,56 @@ impl Sgd {
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    /// Parameter groups: the classifier at the run's lr, the rest at a tenth of it (SADE's
+    /// Places-LT groups). Plain SGD, g = 1 for both: each moves by its own lr.
+    #[test]
+    fn lr_groups_scale_each_parameters_step() -> Result<(), TrainError> {
+        let head = Var::new(&[1.0f32], &Device::Cpu)?;
+        let trunk = Var::new(&[1.0f32], &Device::Cpu)?;
+        let cfg = SgdConfig {
+            momentum: 0.0,
+            weight_decay: 0.0,
+            nesterov: false,
+        };
+        let params = vec![
+            ("backbone.linears.0.weight".into(), head.clone()),
+            ("backbone.layer4s.0.0.conv1.weight".into(), trunk.clone()),
+        ];
+        let groups = [
+            LrGroup {
+                prefix: "backbone.linears".into(),
+                scale: 1.0,
+            },
+            LrGroup {
+                prefix: "".into(),
+                scale: 0.1,
+            },
+        ];
+        let mut opt = Sgd::new(params.clone(), cfg)?;
+        opt.set_lr_groups(&groups)?;
+        assert_eq!(opt.lr_scales(), [1.0, 0.1]);
+        opt.set_lr(0.01);
+        let loss = (head.as_tensor() + trunk.as_tensor())?.sum_all()?;
+        opt.step(&loss.backward()?)?;
+        assert!((head.as_tensor().to_vec1::<f32>()?[0] - 0.99).abs() < 1e-7);
+        assert!((trunk.as_tensor().to_vec1::<f32>()?[0] - 0.999).abs() < 1e-7);
+
+        // A prefix that matches nothing, or a negative scale, is refused.
+        let mut opt = Sgd::new(params, cfg)?;
+        let typo = [LrGroup {
+            prefix: "backbone.linear.".into(),
+            scale: 1.0,
+        }];
+        let e = opt.set_lr_groups(&typo).unwrap_err().to_string();
+        assert!(e.contains("matches no trainable parameter"), "{e}");
+        let negative = [LrGroup {
+            prefix: "".into(),
+            scale: -1.0,
+        }];
+        assert!(opt.set_lr_groups(&negative).is_err());
+        Ok(())
+    }
 
     /// Hand-computed: w=1, loss = 0.5·w²·k (g = k·w), lr 0.1, μ 0.9, wd 0.1, Nesterov.
     /// step 1: g = 1 + 0.1 = 1.1, buf = 1.1, d = 1.1 + 0.99 = 2.09, w = 1 − 0.209 = 0.791

@@ -59,6 +59,8 @@ pub struct TrainConfig {
     /// Synchronised batch norm over the ranks of a data-parallel run
     /// ([`longtail_backbone::ops::set_sync_batch_norm`]); ignored on one rank.
     pub sync_bn: bool,
+    /// Per-group learning-rate multiples ([`crate::LrGroup`]); empty: one rate for all.
+    pub lr_groups: Vec<crate::LrGroup>,
 }
 
 impl TrainConfig {
@@ -221,6 +223,7 @@ pub fn fit(
     }
     let last = out.join(LAST);
     let mut opt = Sgd::new(trainable_vars(varmap), cfg.sgd)?;
+    opt.set_lr_groups(&cfg.lr_groups)?;
     let mut history: Vec<EpochRecord> = vec![];
     let mut best_val = f64::NEG_INFINITY;
     let mut start_epoch = 1;

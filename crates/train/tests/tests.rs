@@ -94,6 +94,7 @@ fn train_cfg(epochs: usize) -> TrainConfig {
         eval_batch_size: 32,
         mixup_alpha: None,
         sync_bn: false,
+        lr_groups: vec![],
     }
 }
 
@@ -308,4 +309,50 @@ fn bad_settings_are_rejected_before_training() {
         Err(TrainError::Config(_))
     ));
     assert!(!dir.path().join("last.safetensors").exists());
+}
+
+/// `lr_groups` reach the optimizer of a run: a group at scale 0 (with no weight decay to move
+/// it either) keeps its parameters, the others train; a group that matches nothing is refused.
+#[test]
+fn lr_groups_set_each_parameters_learning_rate_in_a_run() -> Result<(), TrainError> {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, data) = setup();
+    let (vm, model) = MultiExpert::seeded(&cfg, 1, &Device::Cpu)?;
+    let before = weights(&vm);
+    let mut tc = train_cfg(2);
+    tc.sgd.weight_decay = 0.0;
+    tc.lr_groups = vec![longtail_train::LrGroup {
+        prefix: "backbone.linears.".into(),
+        scale: 0.0,
+    }];
+    fit(
+        &model,
+        &vm,
+        &mut CrossEntropy,
+        &data,
+        &tc,
+        &opts(dir.path(), false),
+    )?;
+    let after = weights(&vm);
+    let changed = |name: &str| {
+        let b = &before.iter().find(|(n, _)| n == name).unwrap().1;
+        let a = &after.iter().find(|(n, _)| n == name).unwrap().1;
+        a != b
+    };
+    assert!(!changed("backbone.linears.0.weight"));
+    assert!(changed("backbone.conv1.weight"));
+
+    tc.lr_groups[0].prefix = "backbone.linear.".into();
+    let other = tempfile::tempdir().unwrap();
+    let e = fit(
+        &model,
+        &vm,
+        &mut CrossEntropy,
+        &data,
+        &tc,
+        &opts(other.path(), false),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("matches no trainable parameter"), "{e}");
+    Ok(())
 }
