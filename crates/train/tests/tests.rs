@@ -353,6 +353,9 @@ fn lr_groups_set_each_parameters_learning_rate_in_a_run() -> Result<(), TrainErr
         &opts(other.path(), false),
     )
     .unwrap_err();
-    assert!(e.to_string().contains("matches no trainable parameter"), "{e}");
+    assert!(
+        e.to_string().contains("matches no trainable parameter"),
+        "{e}"
+    );
     Ok(())
 }
