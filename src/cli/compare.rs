@@ -394,13 +394,23 @@ pub fn run(args: Args) -> Result<()> {
         args.seeds.len(),
         wall
     );
-    write_outputs(&args.out, &rows, &args.seeds, wall, &entries)?;
-    println!(
-        "wrote {}, {} and {}",
-        args.out.join("compare.csv").display(),
-        args.out.join("compare.json").display(),
-        args.out.join("per_class.png").display()
-    );
+    let plotted = write_outputs(&args.out, &rows, &args.seeds, wall, &entries)?;
+    let csv = args.out.join("compare.csv");
+    let json = args.out.join("compare.json");
+    if plotted {
+        println!(
+            "wrote {}, {} and {}",
+            csv.display(),
+            json.display(),
+            args.out.join("per_class.png").display()
+        );
+    } else {
+        println!(
+            "wrote {} and {} (no per_class.png: the entries do not share one data config)",
+            csv.display(),
+            json.display()
+        );
+    }
     Ok(())
 }
 
@@ -458,7 +468,7 @@ fn write_outputs(
     seeds: &[u64],
     wall: f64,
     entries: &[Entry],
-) -> Result<()> {
+) -> Result<bool> {
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let best = best_rows(rows);
     let mut csv = String::from("entry,method,stage,seeds");
@@ -509,13 +519,26 @@ fn write_outputs(
         "compare.json",
         serde_json::to_string_pretty(&report)?.as_bytes(),
     )?;
+    // One plot of accuracy against class size needs one set of classes: the same data set,
+    // subset and split (augmentation and sampler do not change the class sizes).
+    let classes_of = |e: &Entry| {
+        let d = &e.config.data;
+        (
+            d.dataset.clone(),
+            d.data_dir.clone(),
+            d.imbalance.to_bits(),
+            d.val_fraction.map(f64::to_bits),
+            d.val_list,
+        )
+    };
     let same_data = entries
         .iter()
-        .all(|e| e.config.data == entries[0].config.data);
+        .all(|e| classes_of(e) == classes_of(&entries[0]));
     if same_data && !class_counts.is_empty() {
         crate::plots::compare::write_png(rows, &class_counts, &out.join("per_class.png"))?;
+        return Ok(true);
     }
-    Ok(())
+    Ok(false)
 }
 
 /// The training class counts stored in a run's last checkpoint.
