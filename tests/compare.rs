@@ -40,6 +40,13 @@ fn compare_two_methods_over_two_seeds_then_reuse() {
     let dir = tmp.path();
     let ce = tiny_config(dir, "ce", 2);
     let ride = tiny_config(dir, "ride", 2);
+    // Another augmentation on the same classes (as SADE's and TLC's presets): the per-class plot
+    // still compares them.
+    let mut cfg: toml::Table = toml::from_str(&std::fs::read_to_string(&ride).unwrap()).unwrap();
+    let data = cfg["data"].as_table_mut().unwrap();
+    assert_ne!(data["augment"].as_str(), Some("crop-flip"));
+    data.insert("augment".into(), "crop-flip".into());
+    std::fs::write(&ride, toml::to_string(&cfg).unwrap()).unwrap();
     let (ce, ride) = (ce.to_str().unwrap(), ride.to_str().unwrap());
     // The τ-normalised CE model shares the CE entry's runs.
     let ce_tau = format!("{ce}+tau-norm");
@@ -84,6 +91,7 @@ fn compare_two_methods_over_two_seeds_then_reuse() {
     assert_ne!(seeds[0]["per_class"], seeds[1]["per_class"]);
     let png = std::fs::read(dir.join("cmp/per_class.png")).unwrap();
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    assert!(text.contains("per_class.png"), "{text}");
 
     // Again: every run is finished, so nothing trains and the table is the same.
     let again = longtail(dir, &args);
