@@ -2,44 +2,14 @@
 //! and a second call that reuses every finished run.
 
 mod util;
-use util::{assert_fails, longtail, stderr, stdout, write_tiny_idx, TinyIdx};
-
-use std::path::{Path, PathBuf};
-
-/// `<method>.fmnist-lt` pointed at tiny 12×12 IDX data (IF 10) for `epochs` epochs.
-fn tiny_config(dir: &Path, method: &str, epochs: usize) -> PathBuf {
-    let spec = TinyIdx {
-        side: 12,
-        train_per_class: 20,
-        test_per_class: 6,
-        seed: 7,
-        bright: 220,
-        dark: 20,
-        noise_shift: 60,
-        invert: false,
-    };
-    let idx = write_tiny_idx(dir, "idx", &spec);
-    let o = longtail(dir, &["presets", &format!("{method}.fmnist-lt")]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let mut cfg: toml::Table = toml::from_str(&stdout(&o)).unwrap();
-    let data = cfg["data"].as_table_mut().unwrap();
-    data.insert("dataset".into(), "fmnist".into());
-    data.insert("data_dir".into(), idx.to_string_lossy().into_owned().into());
-    data.insert("imbalance".into(), 10.0.into());
-    let optim = cfg["optim"].as_table_mut().unwrap();
-    optim.insert("epochs".into(), (epochs as i64).into());
-    optim.insert("batch_size".into(), 16.into());
-    let path = dir.join(format!("tiny-{method}.toml"));
-    std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
-    path
-}
+use util::{assert_fails, longtail, stderr, stdout, tiny_config};
 
 #[test]
 fn compare_two_methods_over_two_seeds_then_reuse() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let ce = tiny_config(dir, "ce", 2);
-    let ride = tiny_config(dir, "ride", 2);
+    let ce = tiny_config(dir, "ce", 2, 20);
+    let ride = tiny_config(dir, "ride", 2, 20);
     // Another augmentation on the same classes (as SADE's and TLC's presets): the per-class plot
     // still compares them.
     let mut cfg: toml::Table = toml::from_str(&std::fs::read_to_string(&ride).unwrap()).unwrap();
@@ -57,7 +27,7 @@ fn compare_two_methods_over_two_seeds_then_reuse() {
     assert!(o.status.success(), "{}", stderr(&o));
     let text = stdout(&o);
     // One row per entry, every column with mean ± std, one best mark per column that has values.
-    for name in ["tiny-ce.toml ", "tiny-ride.toml ", "tiny-ce.toml+tau-norm "] {
+    for name in ["ce.toml ", "ride.toml ", "ce.toml+tau-norm "] {
         let line = text
             .lines()
             .find(|l| l.contains(name))
@@ -66,7 +36,7 @@ fn compare_two_methods_over_two_seeds_then_reuse() {
     }
     assert!(text.matches('*').count() >= 4, "{text}");
     for seed in [0, 1] {
-        for run in ["tiny-ce", "tiny-ride"] {
+        for run in ["ce", "ride"] {
             assert!(dir
                 .join(format!("cmp/{run}/seed-{seed}/last.safetensors"))
                 .is_file());
