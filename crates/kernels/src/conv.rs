@@ -30,6 +30,8 @@
 //!   sums are added in chunk order, so the result does not depend on the thread count.
 
 use crate::cpu_slice;
+use crate::direct;
+use crate::isa::{isa, Isa};
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -333,6 +335,14 @@ where
 
 /// Forward conv: `x (n, c_in, h, w)`, `w (c_out, c_in/g, kh, kw)` → `(n, c_out, ho, wo)`.
 pub(crate) fn conv_fwd(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
+    conv_fwd_isa(g, x, w, isa())
+}
+
+/// [`conv_fwd`] with the direct kernels of `isa` where they apply (`Isa::Scalar`: im2col only).
+pub(crate) fn conv_fwd_isa(g: &Geom, x: &[f32], w: &[f32], isa: Isa) -> Vec<f32> {
+    if direct::applies(g, isa) {
+        return direct::conv_fwd(g, x, w, isa);
+    }
     let (cin_g, cout_g, k, hw, hwo) = (g.cin_g(), g.cout_g(), g.k(), g.hw(), g.hwo());
     let mut out = vec![0f32; g.n * g.c_out * hwo];
     let (outer, par) = split(g.n);
@@ -369,6 +379,11 @@ pub(crate) fn conv_fwd(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
 
 /// Input gradient: `dy (n, c_out, ho, wo)`, `w` → `dx (n, c_in, h, w)`.
 pub(crate) fn conv_dx(g: &Geom, dy: &[f32], w: &[f32]) -> Vec<f32> {
+    conv_dx_isa(g, dy, w, isa())
+}
+
+/// [`conv_dx`] with the direct kernels of `isa` where they apply.
+pub(crate) fn conv_dx_isa(g: &Geom, dy: &[f32], w: &[f32], isa: Isa) -> Vec<f32> {
     let (cin_g, cout_g, k, hw, hwo) = (g.cin_g(), g.cout_g(), g.k(), g.hw(), g.hwo());
     if g.stride == 1 && g.kh == g.kw && g.pad < g.kh {
         // dx = dy ⋆ W', W'[g·cin_g + c, co, i, j] = W[g·cout_g + co, c, kh−1−i, kw−1−j].
@@ -396,7 +411,7 @@ pub(crate) fn conv_dx(g: &Geom, dy: &[f32], w: &[f32]) -> Vec<f32> {
             g.groups,
         );
         debug_assert_eq!((gt.ho, gt.wo), (g.h, g.w));
-        return conv_fwd(&gt, dy, &wt);
+        return conv_fwd_isa(&gt, dy, &wt, isa);
     }
     let mut dx = vec![0f32; g.n * g.c_in * hw];
     let (outer, par) = split(g.n);
@@ -422,6 +437,14 @@ pub(crate) fn conv_dx(g: &Geom, dy: &[f32], w: &[f32]) -> Vec<f32> {
 
 /// Weight gradient: `x (n, c_in, h, w)`, `dy (n, c_out, ho, wo)` → `dw (c_out, c_in/g, kh, kw)`.
 pub(crate) fn conv_dw(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    conv_dw_isa(g, x, dy, isa())
+}
+
+/// [`conv_dw`] with the direct kernels of `isa` where they apply.
+pub(crate) fn conv_dw_isa(g: &Geom, x: &[f32], dy: &[f32], isa: Isa) -> Vec<f32> {
+    if direct::applies(g, isa) {
+        return direct::conv_dw(g, x, dy, isa);
+    }
     let (cin_g, cout_g, k, hw, hwo) = (g.cin_g(), g.cout_g(), g.k(), g.hw(), g.hwo());
     let len = g.c_out * k;
     if g.n == 0 {

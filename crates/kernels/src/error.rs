@@ -120,6 +120,20 @@ pub enum KernelError {
         /// N·H·W of the input.
         count: usize,
     },
+    /// `LONGTAIL_ISA` names no known instruction set.
+    #[error("LONGTAIL_ISA={value:?} is not an instruction set of ours: use avx512, avx2 or scalar (or unset it)")]
+    UnknownIsa {
+        /// The variable's value.
+        value: String,
+    },
+    /// `LONGTAIL_ISA` asks for more than this CPU has.
+    #[error("LONGTAIL_ISA={asked} but this CPU supports at most {detected}")]
+    IsaUnsupported {
+        /// The level asked for.
+        asked: &'static str,
+        /// The best level the CPU has.
+        detected: &'static str,
+    },
     /// An error from candle itself (allocation, a stock op on the fallback path, …).
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

@@ -37,10 +37,13 @@
 
 mod bn;
 mod conv;
+mod direct;
 mod error;
+mod isa;
 mod pool;
 
 pub use error::{KernelError, Result};
+pub use isa::{isa, isa_from_env, Isa};
 pub use pool::max_pool2d_autograd;
 
 use candle_core::{CpuStorage, DType, Layout, Tensor};
