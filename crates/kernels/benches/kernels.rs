@@ -1,10 +1,12 @@
-//! Kernel benchmark: GEMM ceiling, per-layer conv / batch-norm timings for the ResNet-32 shapes
+//! Kernel benchmark: GEMM ceiling, per-layer conv / batch-norm timings for the ResNet-32 (and RIDE expert) shapes
 //! at batch 128 (ours vs candle stock), and a whole ResNet-32 training step and eval forward.
 //!
 //! Run: `cargo bench -p longtail-kernels` (release build). Optional arguments pick sections:
 //! `gemm`, `layers`, `bn`, `train` (default: all). Environment: `LT_BENCH_REPS` (per-layer
 //! repetitions, default 5), `LT_BENCH_STEPS` (timed train steps for ours, default 5),
-//! `LT_BENCH_STOCK_STEPS` (for stock, default 3). Every number is a median; ours and stock are
+//! `LT_BENCH_STOCK_STEPS` (for stock, default 3; 0 also skips stock in `layers`),
+//! `LONGTAIL_ISA` (`avx512`, `avx2`, `scalar`: the SIMD level of our kernels; `scalar` is the
+//! im2col + `gemm` path everywhere). Every number is a median; ours and stock are
 //! interleaved within one process, because the machine is shared and timings drift.
 
 use candle_core::{DType, Device, Tensor, Var, D};
@@ -176,7 +178,7 @@ struct Layer {
     stride: usize,
 }
 
-const LAYERS: [Layer; 6] = [
+const LAYERS: [Layer; 9] = [
     Layer {
         name: "conv1 3->16 @32",
         c_in: 3,
@@ -219,6 +221,28 @@ const LAYERS: [Layer; 6] = [
         hw: 8,
         stride: 1,
     },
+    // RIDE's reduced CIFAR experts (24 and 48 channels).
+    Layer {
+        name: "ride 24->24 @16",
+        c_in: 24,
+        c_out: 24,
+        hw: 16,
+        stride: 1,
+    },
+    Layer {
+        name: "ride 24->48 @16/2",
+        c_in: 24,
+        c_out: 48,
+        hw: 16,
+        stride: 2,
+    },
+    Layer {
+        name: "ride 48->48 @8",
+        c_in: 48,
+        c_out: 48,
+        hw: 8,
+        stride: 1,
+    },
 ];
 
 fn stock_dx(dy: &Tensor, w: &Tensor, hw: usize, stride: usize) -> R<Tensor> {
@@ -243,6 +267,7 @@ fn bench_layers(peak: f64, reps: usize) -> R<()> {
         "layer", "pass", "ours ms", "GFLOP/s", "%peak", "stock ms", "GFLOP/s", "speedup"
     );
     let (mut tot_ours, mut tot_stock) = (0.0, 0.0);
+    let with_stock = env_usize("LT_BENCH_STOCK_STEPS", 3) > 0;
     for (li, l) in LAYERS.iter().enumerate() {
         let ho = (l.hw + 2 - 3) / l.stride + 1;
         let x = rand_t(&[BATCH, l.c_in, l.hw, l.hw], li as u64 + 1, 1.0)?;
@@ -276,7 +301,8 @@ fn bench_layers(peak: f64, reps: usize) -> R<()> {
                     Ok(dt)
                 };
                 ours.push(run(true)?);
-                stock.push(run(false)?);
+                // LT_BENCH_STOCK_STEPS=0 skips candle's stock ops here too (NaN in the table).
+                stock.push(if with_stock { run(false)? } else { f64::NAN });
             }
             let (o, s) = (median(ours), median(stock));
             tot_ours += o;
@@ -295,7 +321,8 @@ fn bench_layers(peak: f64, reps: usize) -> R<()> {
         }
     }
     println!(
-        "sum over the 6 layers x 3 passes: ours {:.1} ms, stock {:.1} ms",
+        "sum over the {} layers x 3 passes: ours {:.1} ms, stock {:.1} ms",
+        LAYERS.len(),
         tot_ours * 1e3,
         tot_stock * 1e3
     );
