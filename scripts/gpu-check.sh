@@ -181,7 +181,7 @@ bundle)
         cp "$src/$f.safetensors" "$src/$f.io.safetensors" "$dir/fixtures/"
     done
     cp "$src"/{ride,sade,tlc}_loss_c10.safetensors "$dir/fixtures/"
-    cp scripts/gpu-check.sh scripts/gpu_bench_torch.py "$dir/scripts/"
+    cp scripts/gpu-check.sh scripts/gpu_bench_torch.py scripts/torch_models.py "$dir/scripts/"
     git rev-parse HEAD >"$dir/COMMIT" 2>/dev/null || true
     # candle's PTX makes each binary ~50 MB of mostly text: xz packs the bundle to a fraction.
     tar -C "$(dirname "$dir")" -cJf "$dir.tar.xz" "$(basename "$dir")"

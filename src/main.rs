@@ -14,6 +14,12 @@ fn main() -> ExitCode {
     if std::env::var_os("LONGTAIL_DEFAULT_MALLOC").is_none() {
         longtail_kernels::tune_allocator();
     }
+    // LONGTAIL_ISA caps the SIMD level of our kernels (e.g. `avx2` on an AVX-512 machine);
+    // a value this CPU cannot run is refused here rather than silently ignored.
+    if let Err(e) = longtail_kernels::isa_from_env() {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     match cli::run(cli::Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

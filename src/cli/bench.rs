@@ -63,9 +63,16 @@ pub struct Args {
     /// PyTorch reference gets as many DataLoader workers and one torch thread each.
     #[arg(long)]
     pub threads: Option<usize>,
-    /// `bench data`: skip the PyTorch reference.
+    /// Skip the PyTorch reference (`bench train` and `bench data`).
     #[arg(long)]
     pub no_torch: bool,
+    /// `bench train`: the Python whose torch runs the same step (default: python3 when it
+    /// imports torch); it runs `scripts/bench_train_torch.py`.
+    #[arg(long, value_name = "PYTHON", conflicts_with = "no_torch")]
+    pub torch: Option<String>,
+    /// `bench train`: rounds of ours (and PyTorch, alternating); medians are reported.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
 }
 
 /// Run `longtail bench`.
@@ -92,12 +99,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         steps: args.steps,
         eval_reps: args.eval_reps,
     };
+    let rounds = args.rounds.max(1);
     let threads = rayon::current_num_threads();
+    let torch = torch_python(&args)?;
     // 15 products of ~10 ms: a single one swings by ±15 % on a shared VM.
     let peak = longtail_kernels::gemm_peak_gflops(1024, 15);
     println!(
-        "longtail bench train: {threads} threads, batch {} of 3x32x32, 100 classes; median of {} steps (ours) / {} (stock) after 1 warm-up",
-        args.batch, args.steps, args.stock_steps
+        "longtail bench train: {threads} threads, batch {} of 3x32x32, 100 classes; median of {} steps (ours{}) / {} (stock) after 1 warm-up; {rounds} round(s){}",
+        args.batch,
+        args.steps,
+        if torch.is_some() { ", pytorch" } else { "" },
+        args.stock_steps,
+        if torch.is_some() { ", ours and pytorch alternating" } else { "" },
+    );
+    println!("cpu: {}", cpu_model().unwrap_or_else(|| "unknown".into()));
+    let isa = longtail_kernels::isa();
+    println!(
+        "simd: our direct 3x3 conv kernels {isa} (best on this cpu: {}; LONGTAIL_ISA=avx2|scalar caps it); gemm crate: its AVX2+FMA kernels (built without x86-v4)",
+        longtail_kernels::Isa::detected()
     );
     println!(
         "allocator: {}",
@@ -109,7 +128,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     );
     println!("GEMM 1024^3 f32 (gemm crate, {threads} threads): {peak:.1} GFLOP/s = the peak below");
     println!(
-        "{:<9} {:<6} {:>9} {:>8} {:>8} {:>11} {:>9} {:>6} {:>10} {:>13}",
+        "{:<9} {:<8} {:>9} {:>8} {:>8} {:>11} {:>9} {:>6} {:>10} {:>13}",
         "model",
         "ops",
         "MMAC/img",
@@ -122,63 +141,260 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "train RSS MiB"
     );
     for model in &chosen {
-        let mut rows: Vec<Measurement> = vec![];
-        for (kernels, steps) in [
-            (Kernels::Fast, args.steps),
-            (Kernels::Stock, args.stock_steps),
-        ] {
-            if steps == 0 {
-                continue;
+        let cfg = registry::preset(model.preset)?;
+        let method = registry::method(&cfg.method.name)?;
+        let case = torch_case(model, &cfg, args.batch);
+        let (mut ours, mut theirs) = (vec![], vec![]);
+        for _ in 0..rounds {
+            ours.push(Row::of(&measure(
+                model,
+                cfg.clone(),
+                method,
+                Kernels::Fast,
+                &settings,
+            )?));
+            if let Some(py) = &torch {
+                let macs = ours.last().map_or(0, |r: &Row| r.macs);
+                theirs.push(run_torch(py, &case, threads, &args, macs)?);
             }
-            let cfg = registry::preset(model.preset)?;
-            let method = registry::method(&cfg.method.name)?;
+        }
+        let mut rows = vec![("ours", Row::median(&ours))];
+        if !theirs.is_empty() {
+            rows.push(("pytorch", Row::median(&theirs)));
+        }
+        let mut stock_losses = None;
+        if args.stock_steps > 0 {
             let m = measure(
                 model,
-                cfg,
+                cfg.clone(),
                 method,
-                kernels,
+                Kernels::Stock,
                 &Settings {
-                    steps,
+                    steps: args.stock_steps,
                     ..settings.clone()
                 },
             )?;
-            println!(
-                "{:<9} {:<6} {:>9.1} {:>8.3} {:>8.3} {:>11.1} {:>9.1} {:>5.0}% {:>10.1} {:>13}",
-                m.model,
-                if kernels == Kernels::Fast {
-                    "ours"
-                } else {
-                    "stock"
-                },
-                m.macs as f64 / 1e6,
-                m.forward_s,
-                m.step_s,
-                m.train_img_s,
-                m.train_gflops(),
-                m.train_gflops() / peak * 100.0,
-                m.eval_img_s,
-                m.train_peak_mib.map_or("n/a".into(), |v| format!("{v:.0}")),
-            );
-            rows.push(m);
+            stock_losses = Some(m.losses.clone());
+            rows.push(("stock", Row::of(&m)));
         }
-        if let [ours, stock] = &rows[..] {
-            let n = ours.losses.len().min(stock.losses.len());
-            let drift = ours.losses[..n]
+        for (label, r) in &rows {
+            let gflops = 6.0 * r.macs as f64 * r.train_img_s / 1e9;
+            println!(
+                "{:<9} {:<8} {:>9.1} {:>8.3} {:>8.3} {:>11.1} {:>9.1} {:>5.0}% {:>10.1} {:>13}",
+                model.name,
+                label,
+                r.macs as f64 / 1e6,
+                r.forward_s,
+                r.step_s,
+                r.train_img_s,
+                gflops,
+                gflops / peak * 100.0,
+                r.eval_img_s,
+                r.rss_mib.map_or("n/a".into(), |v| format!("{v:.0}")),
+            );
+        }
+        if rounds > 1 {
+            let list = |v: &[Row]| {
+                v.iter()
+                    .map(|r| format!("{:.1}", r.train_img_s))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            let mut line = format!(
+                "{:<9} train img/s by round: ours {}",
+                model.name,
+                list(&ours)
+            );
+            if !theirs.is_empty() {
+                line += &format!(" | pytorch {}", list(&theirs));
+            }
+            println!("{line}");
+        }
+        let ours_row = &rows[0].1;
+        for (label, r) in &rows[1..] {
+            println!(
+                "{:<9} ours/{label}: train {:.2}x, eval {:.2}x, peak RSS {}",
+                model.name,
+                ours_row.train_img_s / r.train_img_s,
+                ours_row.eval_img_s / r.eval_img_s,
+                match (ours_row.rss_mib, r.rss_mib) {
+                    (Some(a), Some(b)) => format!("{:.2}x", a / b),
+                    _ => "n/a".into(),
+                }
+            );
+        }
+        if let (Some(stock), Some(last)) = (stock_losses, ours.last()) {
+            let n = last.losses.len().min(stock.len());
+            let drift = last.losses[..n]
                 .iter()
-                .zip(&stock.losses[..n])
+                .zip(&stock[..n])
                 .map(|(a, b)| ((a - b) / b.abs().max(1e-6)).abs())
                 .fold(0f32, f32::max);
             println!(
-                "{:<9} ours/stock: train {:.1}x, eval {:.1}x; losses {:.4?} vs {:.4?} (max rel. diff {drift:.1e})",
+                "{:<9} losses ours {:.4?} vs stock {:.4?} (max rel. diff {drift:.1e})",
                 model.name,
-                stock.step_s / ours.step_s,
-                ours.eval_img_s / stock.eval_img_s,
-                &ours.losses[..n],
-                &stock.losses[..n],
+                &last.losses[..n],
+                &stock[..n],
             );
         }
     }
     Ok(())
+}
+
+/// One side's figures for one model (ours, stock or PyTorch).
+#[derive(Clone, Debug)]
+struct Row {
+    macs: u64,
+    forward_s: f64,
+    step_s: f64,
+    train_img_s: f64,
+    eval_img_s: f64,
+    rss_mib: Option<f64>,
+    losses: Vec<f32>,
+}
+
+impl Row {
+    fn of(m: &Measurement) -> Row {
+        Row {
+            macs: m.macs,
+            forward_s: m.forward_s,
+            step_s: m.step_s,
+            train_img_s: m.train_img_s,
+            eval_img_s: m.eval_img_s,
+            rss_mib: m.train_peak_mib,
+            losses: m.losses.clone(),
+        }
+    }
+
+    /// Per-figure medians over rounds; the peak RSS is the largest.
+    fn median(rows: &[Row]) -> Row {
+        let med = |f: fn(&Row) -> f64| {
+            let mut v: Vec<f64> = rows.iter().map(f).collect();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        Row {
+            macs: rows[0].macs,
+            forward_s: med(|r| r.forward_s),
+            step_s: med(|r| r.step_s),
+            train_img_s: med(|r| r.train_img_s),
+            eval_img_s: med(|r| r.eval_img_s),
+            rss_mib: rows.iter().filter_map(|r| r.rss_mib).reduce(f64::max),
+            losses: rows[rows.len() - 1].losses.clone(),
+        }
+    }
+}
+
+/// The CPU's model name (`/proc/cpuinfo`), for the record: ratios depend on it.
+fn cpu_model() -> Option<String> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("model name"))?;
+    Some(line.split_once(':')?.1.trim().to_string())
+}
+
+/// The Python that runs the PyTorch reference: `--torch PYTHON` (which must import torch), else
+/// `python3` when it imports torch; None with a note when there is none or `--no-torch`.
+fn torch_python(args: &Args) -> anyhow::Result<Option<String>> {
+    if args.no_torch {
+        return Ok(None);
+    }
+    let imports = |py: &str| {
+        std::process::Command::new(py)
+            .args(["-c", "import torch"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    match &args.torch {
+        Some(py) if imports(py) => Ok(Some(py.clone())),
+        Some(py) => bail!("--torch {py}: that Python cannot import torch (pip install torch into it, or drop --torch)"),
+        None if imports("python3") => Ok(Some("python3".into())),
+        None => {
+            println!("pytorch: skipped (python3 cannot import torch; pass --torch PYTHON for a Python that can, or pip install torch)");
+            Ok(None)
+        }
+    }
+}
+
+/// The model as `scripts/torch_models.py` rebuilds it.
+fn torch_case(
+    model: &longtail::train::bench::Model,
+    cfg: &longtail::train::RunConfig,
+    batch: usize,
+) -> String {
+    serde_json::json!({
+        "model": model.name,
+        "arch": format!("{:?}", cfg.model.arch),
+        "method": cfg.method.name.as_str(),
+        "blocks": cfg.model.blocks(),
+        "planes": cfg.model.planes(),
+        "shared_stages": cfg.model.shared_stages(),
+        "use_norm": cfg.model.use_norm,
+        "scale": cfg.model.logit_scale(),
+        "experts": model.experts,
+        "classes": 100,
+        "batch": batch,
+        "size": 32,
+    })
+    .to_string()
+}
+
+/// One PyTorch measurement of `case` through `scripts/bench_train_torch.py`.
+/// `macs` is the model's forward multiply-adds per image (the same network as ours).
+fn run_torch(py: &str, case: &str, threads: usize, args: &Args, macs: u64) -> anyhow::Result<Row> {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/bench_train_torch.py");
+    let out = std::process::Command::new(py)
+        .arg(&script)
+        .args(["--case", case])
+        .args(["--threads", &threads.to_string()])
+        .args(["--steps", &args.steps.to_string()])
+        .args(["--eval-reps", &args.eval_reps.to_string()])
+        .output()
+        .with_context(|| format!("running {py} {}", script.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "{} failed: {} {}",
+            script.display(),
+            text.trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let v: serde_json::Value = text
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .with_context(|| format!("{} printed no result: {}", script.display(), text.trim()))?;
+    let num = |k: &str| {
+        v[k].as_f64()
+            .with_context(|| format!("{} printed no `{k}`", script.display()))
+    };
+    static SAID: std::sync::Once = std::sync::Once::new();
+    SAID.call_once(|| {
+        println!(
+            "pytorch: torch {} on {} threads, oneDNN/ATen cpu capability {} ({})",
+            v["torch"].as_str().unwrap_or("?"),
+            v["threads"],
+            v["isa"].as_str().unwrap_or("?"),
+            script.display()
+        )
+    });
+    Ok(Row {
+        macs,
+        forward_s: num("forward_s")?,
+        step_s: num("step_s")?,
+        train_img_s: num("train_img_s")?,
+        eval_img_s: num("eval_img_s")?,
+        rss_mib: v["train_peak_mib"].as_f64(),
+        losses: v["losses"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_f64())
+                    .map(|x| x as f32)
+                    .collect()
+            })
+            .unwrap_or_default(),
+    })
 }
 
 /// This process's `VmRSS` / `VmHWM` (peak) line of /proc/self/status, in MiB.
@@ -278,13 +494,14 @@ fn run_data(args: &Args) -> anyhow::Result<()> {
     if args.no_torch {
         return Ok(());
     }
-    let have_torch = std::process::Command::new("python3")
+    let python = args.torch.as_deref().unwrap_or("python3");
+    let have_torch = std::process::Command::new(python)
         .args(["-c", "import torch, torchvision"])
         .output()
         .is_ok_and(|o| o.status.success());
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/bench_data_torch.py");
     if !have_torch {
-        println!("pytorch: skipped (python3 cannot import torch and torchvision; pip install torch torchvision, then run again, or run {} yourself)", script.display());
+        println!("pytorch: skipped ({python} cannot import torch and torchvision; pip install torch torchvision, or pass --torch PYTHON, then run again, or run {} yourself)", script.display());
         return Ok(());
     }
     let paths: Vec<String> = (0..train.len())
@@ -293,7 +510,7 @@ fn run_data(args: &Args) -> anyhow::Result<()> {
         .collect();
     let tmp = std::env::temp_dir().join(format!("longtail-bench-data-{}.txt", std::process::id()));
     std::fs::write(&tmp, paths.join("\n")).with_context(|| format!("writing {}", tmp.display()))?;
-    let out = std::process::Command::new("python3")
+    let out = std::process::Command::new(python)
         .arg(&script)
         .args(["--files", &tmp.display().to_string()])
         .args(["--workers", &threads.to_string()])
