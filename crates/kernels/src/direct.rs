@@ -25,6 +25,8 @@
 //! the same fixed chunks of images as the im2col path, so results do not depend on the thread
 //! count. The summation order differs from the `gemm` path's (results agree to rounding).
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use crate::conv::Geom;
@@ -40,6 +42,8 @@ pub(crate) fn applies(g: &Geom, isa: Isa) -> bool {
         && g.groups == 1
         && g.h > 0
         && g.w > 0
+        && g.c_in > 0
+        && g.c_out > 0
         // Images over threads: with fewer images than threads the im2col path's threaded GEMMs
         // use the cores better.
         && (g.n >= rayon::current_num_threads() || rayon::current_num_threads() == 1)
@@ -161,14 +165,16 @@ pub(crate) fn conv_fwd(g: &Geom, x: &[f32], w: &[f32], isa: Isa) -> Vec<f32> {
         }
     }
     let (hw, per_out) = (g.h * g.w, g.c_out * g.h * g.w);
-    let mut out = vec![0f32; g.n * per_out];
+    // Every output value is written below: no zeroing pass over the output first.
+    let mut out: Vec<f32> = Vec::with_capacity(g.n * per_out);
     let scratch = || {
         (
             Aligned::zeroed(g.c_in * p.ps),
             Aligned::zeroed(tiles * t.co * p.nq),
         )
     };
-    let image = |(xp, op): &mut (Aligned, Aligned), (i, out_i): (usize, &mut [f32])| {
+    let image = |(xp, op): &mut (Aligned, Aligned),
+                 (i, out_i): (usize, &mut [MaybeUninit<f32>])| {
         let (xp, op) = (xp.get_mut(), op.get_mut());
         pad_planes(
             &x[i * g.c_in * hw..][..g.c_in * hw],
@@ -186,20 +192,27 @@ pub(crate) fn conv_fwd(g: &Geom, x: &[f32], w: &[f32], isa: Isa) -> Vec<f32> {
         for co in 0..g.c_out {
             let src = &op[co * p.nq..];
             for (r, row) in out_i[co * hw..][..hw].chunks_exact_mut(g.w).enumerate() {
-                row.copy_from_slice(&src[r * p.wp..][..g.w]);
+                for (d, &v) in row.iter_mut().zip(&src[r * p.wp..][..g.w]) {
+                    d.write(v);
+                }
             }
         }
     };
     if g.n > 1 && rayon::current_num_threads() > 1 {
-        out.par_chunks_mut(per_out)
+        out.spare_capacity_mut()[..g.n * per_out]
+            .par_chunks_mut(per_out)
             .enumerate()
             .for_each_init(scratch, image);
     } else {
         let mut s = scratch();
-        out.chunks_mut(per_out)
+        out.spare_capacity_mut()[..g.n * per_out]
+            .chunks_mut(per_out)
             .enumerate()
             .for_each(|item| image(&mut s, item));
     }
+    // SAFETY: the chunks tile `[0, n·per_out)` and `image` writes all `c_out·h·w` values of its
+    // chunk (every row of every output plane).
+    unsafe { out.set_len(g.n * per_out) };
     out
 }
 
