@@ -251,6 +251,8 @@ fn bench_train_compares_our_kernels_with_stock_on_both_models() {
         "1",
         "--eval-reps",
         "1",
+        "--rounds",
+        "1",
     ];
     let o = longtail(dir.path(), &args);
     let out = stdout(&o);
@@ -268,11 +270,16 @@ fn bench_train_compares_our_kernels_with_stock_on_both_models() {
             let img_s: f64 = cols[5].parse().unwrap();
             assert!(img_s > 0.0, "{row}");
         }
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(model) && l.contains("ours/stock: train")),
+            "{out}"
+        );
         // Same weights and data: ours and stock must compute the same losses.
         let ratio = out
             .lines()
-            .find(|l| l.starts_with(model) && l.contains("ours/stock"))
-            .unwrap_or_else(|| panic!("no {model} ratio line in:\n{out}"));
+            .find(|l| l.starts_with(model) && l.contains("max rel. diff"))
+            .unwrap_or_else(|| panic!("no {model} loss comparison line in:\n{out}"));
         let diff: f64 = ratio
             .rsplit("max rel. diff ")
             .next()
@@ -285,6 +292,39 @@ fn bench_train_compares_our_kernels_with_stock_on_both_models() {
     assert_fails(
         &longtail(dir.path(), &["bench", "train", "--models", "vgg16"]),
         "unknown model `vgg16`",
+    );
+    // The SIMD level of our kernels is printed, and LONGTAIL_ISA caps it.
+    assert!(out.contains("simd: our direct 3x3 conv kernels"), "{out}");
+    let capped = std::process::Command::new(env!("CARGO_BIN_EXE_longtail"))
+        .args(["bench", "train", "--models", "resnet32", "--batch", "2"])
+        .args([
+            "--steps",
+            "1",
+            "--stock-steps",
+            "0",
+            "--eval-reps",
+            "1",
+            "--no-torch",
+        ])
+        .current_dir(dir.path())
+        .env("RAYON_NUM_THREADS", "2")
+        .env("LONGTAIL_ISA", "scalar")
+        .output()
+        .unwrap();
+    assert!(capped.status.success(), "{}", stderr(&capped));
+    assert!(
+        stdout(&capped).contains("simd: our direct 3x3 conv kernels off (scalar"),
+        "{}",
+        stdout(&capped)
+    );
+    let bogus = std::process::Command::new(env!("CARGO_BIN_EXE_longtail"))
+        .args(["presets"])
+        .env("LONGTAIL_ISA", "sse9")
+        .output()
+        .unwrap();
+    assert_fails(
+        &bogus,
+        "LONGTAIL_ISA=\"sse9\" is not an instruction set of ours",
     );
 }
 

@@ -113,7 +113,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         if torch.is_some() { ", ours and pytorch alternating" } else { "" },
     );
     println!("cpu: {}", cpu_model().unwrap_or_else(|| "unknown".into()));
-    let isa = longtail_kernels::isa();
+    let isa = match longtail_kernels::isa() {
+        longtail_kernels::Isa::Scalar => "off (scalar: im2col + gemm only)".to_string(),
+        isa => isa.to_string(),
+    };
     println!(
         "simd: our direct 3x3 conv kernels {isa} (best on this cpu: {}; LONGTAIL_ISA=avx2|scalar caps it); gemm crate: its AVX2+FMA kernels (built without x86-v4)",
         longtail_kernels::Isa::detected()
