@@ -97,6 +97,7 @@ def main() -> int:
     print(json.dumps({
         "torch": torch.__version__,
         "isa": torch.backends.cpu.get_cpu_capability(),
+        "onednn_max_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "unset (its best)"),
         "threads": torch.get_num_threads(),
         "step_s": step_s,
         "forward_s": median(forwards),

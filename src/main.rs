@@ -14,6 +14,15 @@ fn main() -> ExitCode {
     if std::env::var_os("LONGTAIL_DEFAULT_MALLOC").is_none() {
         longtail_kernels::tune_allocator();
     }
+    // candle's element-wise ops run on its own worker pool, whose threads spin-wait 25,000
+    // rounds after every op before they sleep. Between candle ops our kernels run on rayon's
+    // threads, and a spinning candle worker takes a core from them (4 % of a ResNet-32 step's
+    // samples were that spin; 208 → 242 img/s with 200 rounds, medians of four alternating runs
+    // of `bench train` on 2 cores). A value set by the user wins.
+    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
+        // SAFETY: at the start of `main`, before this process starts any thread.
+        unsafe { std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "200") };
+    }
     // LONGTAIL_ISA caps the SIMD level of our kernels (e.g. `avx2` on an AVX-512 machine);
     // a value this CPU cannot run is refused here rather than silently ignored.
     if let Err(e) = longtail_kernels::isa_from_env() {

@@ -345,7 +345,21 @@ fn torch_case(
 /// `macs` is the model's forward multiply-adds per image (the same network as ours).
 fn run_torch(py: &str, case: &str, threads: usize, args: &Args, macs: u64) -> anyhow::Result<Row> {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/bench_train_torch.py");
-    let out = std::process::Command::new(py)
+    let mut cmd = std::process::Command::new(py);
+    if longtail_kernels::isa() == longtail_kernels::Isa::Avx2 {
+        // LONGTAIL_ISA=avx2 stands for a CPU without AVX-512: cap PyTorch the same way (oneDNN's
+        // kernels and ATen's vectorised loops), or the ratio would compare two different CPUs.
+        // The user's own settings win.
+        for (var, value) in [
+            ("ONEDNN_MAX_CPU_ISA", "AVX2"),
+            ("ATEN_CPU_CAPABILITY", "avx2"),
+        ] {
+            if std::env::var_os(var).is_none() {
+                cmd.env(var, value);
+            }
+        }
+    }
+    let out = cmd
         .arg(&script)
         .args(["--case", case])
         .args(["--threads", &threads.to_string()])
@@ -374,10 +388,11 @@ fn run_torch(py: &str, case: &str, threads: usize, args: &Args, macs: u64) -> an
     static SAID: std::sync::Once = std::sync::Once::new();
     SAID.call_once(|| {
         println!(
-            "pytorch: torch {} on {} threads, oneDNN/ATen cpu capability {} ({})",
+            "pytorch: torch {} on {} threads, ATen cpu capability {}, ONEDNN_MAX_CPU_ISA {} ({})",
             v["torch"].as_str().unwrap_or("?"),
             v["threads"],
             v["isa"].as_str().unwrap_or("?"),
+            v["onednn_max_isa"].as_str().unwrap_or("?"),
             script.display()
         )
     });
