@@ -123,9 +123,10 @@ impl Aligned {
 }
 
 /// Copies `c` planes `H × W` of `src` into zero-padded planes of `ps` floats: the plane's
-/// pixel `(r, c)` goes to `(r + 1)·WP + c + 1`.
+/// pixel `(r, c)` goes to `(r + 1)·WP + c + 1`. Only pixels are written: `dst` must be zero
+/// elsewhere, as a fresh [`Aligned::zeroed`] buffer is and stays when only this function (with
+/// the same sizes) writes to it. That skips a zeroing pass over every padded input.
 fn pad_planes(src: &[f32], c: usize, h: usize, w: usize, p: Planes, dst: &mut [f32]) {
-    dst[..c * p.ps].fill(0.0);
     for ch in 0..c {
         let s = &src[ch * h * w..][..h * w];
         let d = &mut dst[ch * p.ps..][..p.ps];
@@ -137,8 +138,8 @@ fn pad_planes(src: &[f32], c: usize, h: usize, w: usize, p: Planes, dst: &mut [f
 
 /// Copies `c` planes `H × W` into flat planes of `nq` floats (`(r, c)` at `r·WP + c`) with
 /// zeros in the dropped columns and the tail: the layout of the forward output, for `dy`.
+/// Like [`pad_planes`], it writes only pixels into a `dst` that is zero elsewhere.
 fn flat_planes(src: &[f32], c: usize, h: usize, w: usize, p: Planes, dst: &mut [f32]) {
-    dst[..c * p.nq].fill(0.0);
     for ch in 0..c {
         let s = &src[ch * h * w..][..h * w];
         let d = &mut dst[ch * p.nq..][..p.nq];
@@ -541,7 +542,8 @@ mod tests {
         }
     }
 
-    /// The weight gradient does not depend on the number of threads (fixed chunks of images).
+    /// The weight gradient does not depend on the number of threads (fixed chunks of images),
+    /// and the forward is right whichever thread count shares out the images.
     #[test]
     fn direct_weight_gradient_is_thread_count_independent() {
         let Some(&isa) = Isa::available().first().filter(|&&i| i != Isa::Scalar) else {
@@ -560,5 +562,20 @@ mod tests {
         let one = run(1);
         assert_eq!(one, run(2));
         assert_eq!(one, run(3));
+        // The forward reuses one padded-input buffer for all images of a thread: its borders
+        // must still be zero for the last image (one thread: all nine images in one buffer).
+        let w = data(16 * 16 * 9, 6);
+        let fwd = |threads: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(|| conv_fwd(&g, &x, &w, isa))
+        };
+        let want = crate::conv::conv_fwd_isa(&g, &x, &w, Isa::Scalar);
+        for threads in [1, 2] {
+            let e = max_rel(&fwd(threads), &want);
+            assert!(e < 1e-5, "forward on {threads} thread(s): {e}");
+        }
     }
 }
