@@ -3,8 +3,9 @@
 //! candle 0.11 trains a CIFAR ResNet-32 at 13–15 img/s on a 2-core CPU (docs/candle.md
 //! §5): its conv input gradient is a direct-loop `conv_transpose2d` and its batch norm is about
 //! ten generic element-wise ops. This crate owns one idea: replacing those hot ops with
-//! `candle_core::CustomOp*` kernels (im2col + the `gemm` crate for conv, fused one-pass batch
-//! norm) whose backward passes are themselves custom ops, so candle's autograd
+//! `candle_core::CustomOp*` kernels (direct 3×3 convolution with AVX-512 / AVX2 micro-kernels
+//! picked at run time, [`Isa`], and im2col + the `gemm` crate for the other convolutions; fused
+//! one-pass batch norm) whose backward passes are themselves custom ops, so candle's autograd
 //! (`loss.backward()`) trains through them unchanged.
 //!
 //! Main entry points, all on `candle_core::Tensor`, NCHW, f32:
