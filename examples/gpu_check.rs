@@ -397,19 +397,12 @@ fn bench(args: &Args, dev: &Device) -> Result<()> {
         );
         if let Some(path) = &args.json {
             use std::io::Write;
-            let line = serde_json::json!({
+            let mut line = longtail::train::bench::torch_model_fields(&cfg, case.experts);
+            if let serde_json::Value::Object(run) = serde_json::json!({
                 "framework": "candle",
                 "device": describe(dev),
                 "model": case.name,
                 "preset": case.preset,
-                "arch": format!("{:?}", cfg.model.arch),
-                "method": cfg.method.name.as_str(),
-                "blocks": cfg.model.blocks(),
-                "planes": cfg.model.planes(),
-                "shared_stages": cfg.model.shared_stages(),
-                "use_norm": cfg.model.use_norm,
-                "scale": cfg.model.logit_scale(),
-                "experts": case.experts,
                 "classes": case.counts.len(),
                 "batch": case.batch,
                 "size": case.size,
@@ -417,7 +410,10 @@ fn bench(args: &Args, dev: &Device) -> Result<()> {
                 "step_ms": median * 1e3,
                 "img_per_s": ips,
                 "tf32": args.tf32,
-            });
+            }) {
+                line.extend(run);
+            }
+            let line = serde_json::Value::Object(line);
             let mut f = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)

@@ -324,21 +324,12 @@ fn torch_case(
     cfg: &longtail::train::RunConfig,
     batch: usize,
 ) -> String {
-    serde_json::json!({
-        "model": model.name,
-        "arch": format!("{:?}", cfg.model.arch),
-        "method": cfg.method.name.as_str(),
-        "blocks": cfg.model.blocks(),
-        "planes": cfg.model.planes(),
-        "shared_stages": cfg.model.shared_stages(),
-        "use_norm": cfg.model.use_norm,
-        "scale": cfg.model.logit_scale(),
-        "experts": model.experts,
-        "classes": 100,
-        "batch": batch,
-        "size": 32,
-    })
-    .to_string()
+    let mut case = longtail::train::bench::torch_model_fields(cfg, model.experts);
+    case.insert("model".into(), model.name.into());
+    case.insert("classes".into(), 100.into());
+    case.insert("batch".into(), batch.into());
+    case.insert("size".into(), 32.into());
+    serde_json::Value::Object(case).to_string()
 }
 
 /// One PyTorch measurement of `case` through `scripts/bench_train_torch.py`.

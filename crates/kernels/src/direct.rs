@@ -552,29 +552,22 @@ mod tests {
         let g = Geom::new((9, 16, 12, 12), (16, 3, 3), 1, 1, 1);
         let x = data(9 * 16 * 144, 4);
         let dy = data(9 * 16 * 144, 5);
-        let run = |threads: usize| {
+        let on = |threads: usize| {
             rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
                 .build()
                 .unwrap()
-                .install(|| conv_dw(&g, &x, &dy, isa))
         };
-        let one = run(1);
-        assert_eq!(one, run(2));
-        assert_eq!(one, run(3));
+        let one = on(1).install(|| conv_dw(&g, &x, &dy, isa));
+        assert_eq!(one, on(2).install(|| conv_dw(&g, &x, &dy, isa)));
+        assert_eq!(one, on(3).install(|| conv_dw(&g, &x, &dy, isa)));
         // The forward reuses one padded-input buffer for all images of a thread: its borders
         // must still be zero for the last image (one thread: all nine images in one buffer).
         let w = data(16 * 16 * 9, 6);
-        let fwd = |threads: usize| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap()
-                .install(|| conv_fwd(&g, &x, &w, isa))
-        };
         let want = crate::conv::conv_fwd_isa(&g, &x, &w, Isa::Scalar);
         for threads in [1, 2] {
-            let e = max_rel(&fwd(threads), &want);
+            let got = on(threads).install(|| conv_fwd(&g, &x, &w, isa));
+            let e = max_rel(&got, &want);
             assert!(e < 1e-5, "forward on {threads} thread(s): {e}");
         }
     }

@@ -22,6 +22,27 @@ use crate::{MethodKind, RunConfig, Sgd, SgdConfig, TrainError};
 
 type Result<T> = std::result::Result<T, TrainError>;
 
+/// The network of `cfg` with `experts` experts as `scripts/torch_models.py` rebuilds it in
+/// PyTorch: the fields shared by `bench train --torch`'s case and the GPU check's JSON lines.
+pub fn torch_model_fields(
+    cfg: &RunConfig,
+    experts: usize,
+) -> serde_json::Map<String, serde_json::Value> {
+    let serde_json::Value::Object(fields) = serde_json::json!({
+        "arch": format!("{:?}", cfg.model.arch),
+        "method": cfg.method.name.as_str(),
+        "blocks": cfg.model.blocks(),
+        "planes": cfg.model.planes(),
+        "shared_stages": cfg.model.shared_stages(),
+        "use_norm": cfg.model.use_norm,
+        "scale": cfg.model.logit_scale(),
+        "experts": experts,
+    }) else {
+        unreachable!("json! of an object literal is an object")
+    };
+    fields
+}
+
 /// One benchmarked model.
 #[derive(Clone, Debug)]
 pub struct Model {
