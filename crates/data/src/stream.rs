@@ -392,13 +392,9 @@ impl ColorJitter {
 #[inline]
 fn blend(deg: u8, v: u8, alpha: f32) -> u8 {
     let t = deg as f32 + alpha * (v as i32 - deg as i32) as f32;
-    if t <= 0.0 {
-        0
-    } else if t >= 255.0 {
-        255
-    } else {
-        t as u8
-    }
+    // Rust's float → u8 `as` truncates toward zero and saturates at 0 and 255: exactly PIL's
+    // truncate-and-clamp, without branches (the saturation blend runs on every value).
+    t as u8
 }
 
 /// PIL's RGB → L: `(19595 R + 38470 G + 7471 B + 0x8000) >> 16`.
@@ -452,6 +448,27 @@ pub fn adjust_saturation(rgb: &mut [u8], f: f32) {
 mod tests {
     use super::*;
     use rand::SeedableRng;
+
+    /// The branch-free blend is PIL's truncate-then-clamp for every pair of values and for
+    /// factors below 0, between 0 and 1, and far above (where the clamps bite).
+    #[test]
+    fn blend_is_pils_truncate_and_clamp() {
+        for alpha in [-0.7f32, 0.0, 0.6, 1.0, 1.4, 7.3, 1e9] {
+            for deg in 0..=255u8 {
+                for v in 0..=255u8 {
+                    let t = deg as f32 + alpha * (v as i32 - deg as i32) as f32;
+                    let want = if t <= 0.0 {
+                        0
+                    } else if t >= 255.0 {
+                        255
+                    } else {
+                        t.trunc() as i32 as u8
+                    };
+                    assert_eq!(blend(deg, v, alpha), want, "deg {deg} v {v} alpha {alpha}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn pil_taps_match_hand_computed_weights() {
