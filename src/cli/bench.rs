@@ -118,7 +118,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         isa => isa.to_string(),
     };
     println!(
-        "simd: our direct 3x3 conv kernels {isa} (best on this cpu: {}; LONGTAIL_ISA=avx2|scalar caps it); gemm crate: its AVX2+FMA kernels (built without x86-v4)",
+        "simd: our direct 3x3 conv kernels {isa} (best on this cpu: {}; LONGTAIL_ISA=avx2|scalar caps it); gemm crate: its own run-time choice, AVX2+FMA at best (built without x86-v4)",
         longtail_kernels::Isa::detected()
     );
     println!(
