@@ -11,7 +11,7 @@ eval-mode forwards under `torch.no_grad()`. Peak RSS is VmHWM after resetting it
 and inputs exist (as the Rust side does), so the interpreter's own memory is not counted.
 
 Prints one JSON line: train/eval images per second, step and forward seconds, peak RSS, the
-losses, the torch version and the CPU capability oneDNN dispatches to (`AVX512`, `AVX2`, …).
+losses, the torch version, ATen's CPU capability (`AVX512`, `AVX2`, …) and ONEDNN_MAX_CPU_ISA.
 
     python3 scripts/bench_train_torch.py --case '{"arch": "ResNet32", ...}' --threads 2
 """

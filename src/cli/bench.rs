@@ -148,14 +148,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let method = registry::method(&cfg.method.name)?;
         let case = torch_case(model, &cfg, args.batch);
         let (mut ours, mut theirs) = (vec![], vec![]);
+        // The last round's losses, checked against the stock ops' below.
+        let mut our_losses = vec![];
         for _ in 0..rounds {
-            ours.push(Row::of(&measure(
-                model,
-                cfg.clone(),
-                method,
-                Kernels::Fast,
-                &settings,
-            )?));
+            let m = measure(model, cfg.clone(), method, Kernels::Fast, &settings)?;
+            our_losses = m.losses.clone();
+            ours.push(Row::of(&m));
             if let Some(py) = &torch {
                 let macs = ours.last().map_or(0, |r: &Row| r.macs);
                 theirs.push(run_torch(py, &case, threads, &args, macs)?);
@@ -226,9 +224,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 }
             );
         }
-        if let (Some(stock), Some(last)) = (stock_losses, ours.last()) {
-            let n = last.losses.len().min(stock.len());
-            let drift = last.losses[..n]
+        if let Some(stock) = stock_losses {
+            let n = our_losses.len().min(stock.len());
+            let drift = our_losses[..n]
                 .iter()
                 .zip(&stock[..n])
                 .map(|(a, b)| ((a - b) / b.abs().max(1e-6)).abs())
@@ -236,7 +234,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             println!(
                 "{:<9} losses ours {:.4?} vs stock {:.4?} (max rel. diff {drift:.1e})",
                 model.name,
-                &last.losses[..n],
+                &our_losses[..n],
                 &stock[..n],
             );
         }
@@ -253,7 +251,6 @@ struct Row {
     train_img_s: f64,
     eval_img_s: f64,
     rss_mib: Option<f64>,
-    losses: Vec<f32>,
 }
 
 impl Row {
@@ -265,7 +262,6 @@ impl Row {
             train_img_s: m.train_img_s,
             eval_img_s: m.eval_img_s,
             rss_mib: m.train_peak_mib,
-            losses: m.losses.clone(),
         }
     }
 
@@ -283,7 +279,6 @@ impl Row {
             train_img_s: med(|r| r.train_img_s),
             eval_img_s: med(|r| r.eval_img_s),
             rss_mib: rows.iter().filter_map(|r| r.rss_mib).reduce(f64::max),
-            losses: rows[rows.len() - 1].losses.clone(),
         }
     }
 }
@@ -394,15 +389,6 @@ fn run_torch(py: &str, case: &str, threads: usize, args: &Args, macs: u64) -> an
         train_img_s: num("train_img_s")?,
         eval_img_s: num("eval_img_s")?,
         rss_mib: v["train_peak_mib"].as_f64(),
-        losses: v["losses"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|x| x.as_f64())
-                    .map(|x| x as f32)
-                    .collect()
-            })
-            .unwrap_or_default(),
     })
 }
 

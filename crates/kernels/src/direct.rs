@@ -149,6 +149,13 @@ fn flat_planes(src: &[f32], c: usize, h: usize, w: usize, p: Planes, dst: &mut [
     }
 }
 
+/// Index of weight `(co, ci, tap k)` in the kernels' tiled layout `[co / CO][ci][k][co % CO]`
+/// (tiles of `co_t` output channels): how the forward reads weights and the weight gradient
+/// writes them.
+fn tiled(co: usize, ci: usize, k: usize, c_in: usize, co_t: usize) -> usize {
+    ((co / co_t * c_in + ci) * 9 + k) * co_t + co % co_t
+}
+
 /// Forward conv `x (n, c_in, h, w) ⋆ w (c_out, c_in, 3, 3)` → `(n, c_out, h, w)`; `applies`
 /// must hold.
 pub(crate) fn conv_fwd(g: &Geom, x: &[f32], w: &[f32], isa: Isa) -> Vec<f32> {
@@ -160,8 +167,7 @@ pub(crate) fn conv_fwd(g: &Geom, x: &[f32], w: &[f32], isa: Isa) -> Vec<f32> {
     for co in 0..g.c_out {
         for ci in 0..g.c_in {
             for k in 0..9 {
-                wt[((co / t.co * g.c_in + ci) * 9 + k) * t.co + co % t.co] =
-                    w[(co * g.c_in + ci) * 9 + k];
+                wt[tiled(co, ci, k, g.c_in, t.co)] = w[(co * g.c_in + ci) * 9 + k];
             }
         }
     }
@@ -296,8 +302,7 @@ pub(crate) fn conv_dw(g: &Geom, x: &[f32], dy: &[f32], isa: Isa) -> Vec<f32> {
         for co in 0..g.c_out {
             for ci in 0..g.c_in {
                 for k in 0..9 {
-                    dw[(co * g.c_in + ci) * 9 + k] +=
-                        part[((co / co_t * g.c_in + ci) * 9 + k) * co_t + co % co_t];
+                    dw[(co * g.c_in + ci) * 9 + k] += part[tiled(co, ci, k, g.c_in, co_t)];
                 }
             }
         }
