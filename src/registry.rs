@@ -4,7 +4,7 @@
 //! [`METHODS`]. Preset names read `method.dataset[.variant]`; `<method>.<dataset>` also finds the
 //! first preset of that method and data set (`tlc.cifar100-lt` → `tlc.cifar100-lt.if100.e3`).
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use longtail_train::{MethodKind, RunConfig, TrainError};
 
 /// Every method, in listing order.
@@ -71,14 +71,35 @@ pub fn method(name: &str) -> Result<&'static dyn MethodKind> {
         })
 }
 
+/// The data set of the recipes [`preset`] derives for your own image lists.
+pub const IMAGE_LIST: &str = "image-list";
+
 /// The config of the preset `name` (exact, or the first `name.*`).
+///
+/// `<method>.image-list[.variant]` is derived from `<method>.imagenet-lt[.variant]`: the same
+/// model and recipe (resized crops, streamed) on an image-list directory; its classifier size
+/// comes from the lists when the run reads them ([`size_to_image_lists`]). The distillation
+/// student has none (its teacher path names an ImageNet-LT run).
 pub fn preset(name: &str) -> Result<RunConfig> {
     let all = presets();
-    let found = all
-        .iter()
-        .find(|p| p.name == name)
-        .or_else(|| all.iter().find(|p| p.name.starts_with(&format!("{name}."))));
-    match found {
+    let find = |name: &str| {
+        all.iter()
+            .find(|p| p.name == name)
+            .or_else(|| all.iter().find(|p| p.name.starts_with(&format!("{name}."))))
+    };
+    let derived = name
+        .split('.')
+        .position(|part| part == IMAGE_LIST)
+        .filter(|&i| i == 1)
+        .and_then(|_| find(&name.replacen(IMAGE_LIST, "imagenet-lt", 1)))
+        .filter(|p| !p.name.ends_with(".distill"));
+    if let Some(p) = derived {
+        let mut cfg = p.config.clone();
+        cfg.data.dataset = IMAGE_LIST.into();
+        cfg.preset = Some(p.name.replacen("imagenet-lt", IMAGE_LIST, 1));
+        return Ok(cfg);
+    }
+    match find(name) {
         Some(p) => Ok(p.config.clone()),
         None => bail!(
             "unknown preset `{name}` (known: {})",
@@ -88,6 +109,16 @@ pub fn preset(name: &str) -> Result<RunConfig> {
                 .join(", ")
         ),
     }
+}
+
+/// Sizes the classifier of an `image-list` config to its lists (one more than their largest
+/// label, reading only the list files); other configs are left alone.
+pub fn size_to_image_lists(cfg: &mut RunConfig) -> Result<()> {
+    if let (IMAGE_LIST, Some(dir)) = (cfg.data.dataset.as_str(), &cfg.data.data_dir) {
+        cfg.model.num_classes = longtail_data::image_list_classes(dir)
+            .with_context(|| format!("reading the image lists of {}", dir.display()))?;
+    }
+    Ok(())
 }
 
 /// Checks a config: the shared parts, then the method's settings.

@@ -213,3 +213,99 @@ fn a_pretrained_trunk_that_does_not_fit_is_refused() {
     assert!(err.contains("layer1.0.conv1.weight"), "{err}");
     assert!(!dir.path().join("pre").exists());
 }
+
+/// `--dataset image-list`: your own lists of mixed-size JPEGs train with the method's
+/// ImageNet-LT recipe, streamed, the classifier sized from the lists; a fixed-size (CIFAR)
+/// recipe on the same lists is refused, naming the odd image, instead of resizing it silently.
+#[test]
+fn your_own_image_lists_stream_with_the_imagenet_recipe() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("mine");
+    write_tree(
+        &root,
+        &TreeSpec {
+            layout: DatasetName::ImageList,
+            train_counts: vec![6, 4, 3],
+            test_per_class: 2,
+            val_per_class: 1,
+            sizes: vec![(48, 40), (40, 56), (72, 48)],
+            quality: 90,
+            seed: 5,
+        },
+    )
+    .unwrap();
+    let root_s = root.to_str().unwrap();
+    let o = longtail(
+        dir.path(),
+        &["data", "--dataset", "image-list", "--data-dir", root_s],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("13 training, 3 validation, 6 test images"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+
+    let o = longtail(
+        dir.path(),
+        &[
+            "train",
+            "--method",
+            "ce",
+            "--dataset",
+            "image-list",
+            "--data-dir",
+            root_s,
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--image-size",
+            "64",
+            "--out",
+            "own",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let cfg: toml::Table =
+        toml::from_str(&std::fs::read_to_string(dir.path().join("own/config.toml")).unwrap())
+            .unwrap();
+    assert_eq!(cfg["preset"].as_str(), Some("ce.image-list"));
+    assert_eq!(cfg["data"]["dataset"].as_str(), Some("image-list"));
+    assert_eq!(cfg["data"]["augment"].as_str(), Some("imagenet"));
+    assert_eq!(cfg["data"]["image_size"].as_integer(), Some(64));
+    assert_eq!(cfg["model"]["num_classes"].as_integer(), Some(3));
+    let csv = std::fs::read_to_string(dir.path().join("own/per_class.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 4, "{csv}");
+
+    // The same lists under a CIFAR recipe (pad-and-crop of same-sized images, in memory).
+    let o = longtail(dir.path(), &["presets", "ce.cifar10-lt"]);
+    let mut cifar: toml::Table = toml::from_str(&String::from_utf8_lossy(&o.stdout)).unwrap();
+    let data = cifar["data"].as_table_mut().unwrap();
+    data.insert("dataset".into(), "image-list".into());
+    data.insert("data_dir".into(), root_s.into());
+    cifar["model"]
+        .as_table_mut()
+        .unwrap()
+        .insert("num_classes".into(), 3.into());
+    let path = dir.path().join("cifar.toml");
+    std::fs::write(&path, toml::to_string(&cifar).unwrap()).unwrap();
+    let o = longtail(
+        dir.path(),
+        &[
+            "train",
+            "--config",
+            path.to_str().unwrap(),
+            "--out",
+            "cifar",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains(".JPEG: image is") && err.contains("streamed"),
+        "{err}"
+    );
+    assert_eq!(err.lines().filter(|l| l.starts_with("error:")).count(), 1, "{err}");
+    assert!(!dir.path().join("cifar/last.safetensors").exists());
+}

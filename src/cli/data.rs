@@ -5,7 +5,9 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use longtail_data::{load_splits, DataSpec, DatasetName, ShotRule, Stats};
+use longtail_data::{
+    load_image_lists_streamed, load_splits, DataSpec, DatasetName, ShotRule, Stats,
+};
 
 /// Arguments of `longtail data`.
 #[derive(clap::Args, Debug)]
@@ -78,7 +80,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.make_tree {
         make_tree(&args)?;
     }
-    let splits = load_splits(&spec(&args)).with_context(|| format!("loading {}", args.dataset))?;
+    let splits = match (args.dataset, &args.data_dir) {
+        // Counts need no pixels: an image list is read as training streams it (any sizes).
+        (DatasetName::ImageList, Some(dir)) => {
+            let mut s = load_image_lists_streamed(dir, 224)
+                .with_context(|| format!("loading {}", args.dataset))?;
+            if let Some(f) = args.val_fraction {
+                let (train, val) = s.train.split_validation(f, args.seed)?;
+                s.train = train;
+                s.val = Some(val);
+            }
+            s
+        }
+        _ => load_splits(&spec(&args)).with_context(|| format!("loading {}", args.dataset))?,
+    };
     let train = &splits.train;
     let stats = Stats::from_counts(&train.class_counts(), args.rule);
     let mut extra = Vec::new();

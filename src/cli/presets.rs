@@ -15,6 +15,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             for p in longtail::registry::presets() {
                 println!("{:<26} {}", p.name, p.summary);
             }
+            println!(
+                "{:<26} the <method>.imagenet-lt recipe on your own lists (train.txt, test.txt under --data-dir), classes from the lists",
+                "<method>.image-list"
+            );
         }
     }
     Ok(())

@@ -23,6 +23,11 @@ pub struct RecipeFlags {
     /// Seed of weights, data order and augmentation.
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Side of the square crops of a streamed data set (imagenet-lt, inat2018, places-lt, an
+    /// image list with a resized-crop recipe): 224 in the recipes; evaluation resizes to
+    /// round(side · 256/224) and centre-crops.
+    #[arg(long)]
+    pub image_size: Option<usize>,
 }
 
 impl RecipeFlags {
@@ -45,6 +50,9 @@ impl RecipeFlags {
         }
         if let Some(v) = self.seed {
             cfg.seed = v;
+        }
+        if let Some(v) = self.image_size {
+            cfg.data.image_size = Some(v);
         }
     }
 }

@@ -27,11 +27,12 @@ pub struct Args {
     /// A TOML config file (as saved in every run's config.toml); flags below override it.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Data set: fmnist-lt (bundled, the default), cifar10-lt, cifar100-lt, fmnist, image-list,
-    /// or a benchmark streamed from disk with --data-dir ROOT holding its official lists:
-    /// imagenet-lt (ImageNet_LT_{train,val,test}.txt), inat2018 (iNaturalist18_{train,val}.txt),
-    /// places-lt (Places_LT_{train,val,test}.txt). Not with --preset or --config, which name the
-    /// data set themselves.
+    /// Data set: fmnist-lt (bundled, the default), cifar10-lt, cifar100-lt, fmnist, a benchmark
+    /// streamed from disk with --data-dir ROOT holding its official lists: imagenet-lt
+    /// (ImageNet_LT_{train,val,test}.txt), inat2018 (iNaturalist18_{train,val}.txt), places-lt
+    /// (Places_LT_{train,val,test}.txt), or image-list: your own train.txt / test.txt (and
+    /// val.txt) under ROOT, streamed with the method's ImageNet-LT recipe and as many classes as
+    /// the lists hold. Not with --preset or --config, which name the data set themselves.
     #[arg(long, conflicts_with_all = ["preset", "config"])]
     pub dataset: Option<String>,
     /// Directory of the data files (CIFAR binary batches, Fashion-MNIST IDX files). Needs a data
@@ -113,7 +114,8 @@ pub struct Args {
     pub sync_bn: bool,
 }
 
-/// Builds the run config from the arguments; reads no data.
+/// Builds the run config from the arguments; reads no images (an `image-list` recipe reads its
+/// list files for the class count).
 pub fn resolve(args: &Args) -> Result<RunConfig> {
     let mut cfg = match &args.config {
         Some(path) => {
@@ -129,6 +131,10 @@ pub fn resolve(args: &Args) -> Result<RunConfig> {
     };
     if let Some(d) = &args.data_dir {
         cfg.data.data_dir = Some(d.clone());
+    }
+    if args.config.is_none() {
+        // A recipe for your own lists takes its class count from them (a config file says its own).
+        longtail::registry::size_to_image_lists(&mut cfg)?;
     }
     args.recipe.apply(&mut cfg);
     if let Some(t) = &args.teacher {

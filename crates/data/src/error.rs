@@ -166,8 +166,8 @@ pub enum DataError {
         /// What is wrong.
         reason: String,
     },
-    /// Images of one set differ in size where one size is required.
-    #[error("{}: image is {got_w}x{got_h}, the set's first image is {want_w}x{want_h}", .path.display())]
+    /// Images of one set differ in size where one size is required (decoding into memory).
+    #[error("{}: image is {got_w}x{got_h}, the first image is {want_w}x{want_h}; images of mixed sizes are streamed, which needs a resized-crop augmentation (augment = \"imagenet\" or \"resized-crop-flip\")", .path.display())]
     MixedSizes {
         /// The odd image.
         path: PathBuf,
@@ -181,7 +181,7 @@ pub enum DataError {
         want_h: u32,
     },
     /// A data set name is not known.
-    #[error("unknown data set `{name}` (expected fmnist-lt, cifar10-lt, cifar100-lt, fmnist or image-list)")]
+    #[error("unknown data set `{name}` (expected fmnist-lt, cifar10-lt, cifar100-lt, fmnist, image-list, imagenet-lt, inat2018 or places-lt)")]
     UnknownDataset {
         /// The name given.
         name: String,

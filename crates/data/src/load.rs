@@ -23,8 +23,11 @@ pub enum DatasetName {
     Cifar100Lt,
     /// Fashion-MNIST from an IDX directory (default: the Debian package's), LDAM-DRW subset.
     Fmnist,
-    /// Image lists (`path label` per line) under a root directory, decoded into memory (small
-    /// sets; see [`load_image_lists_streamed`] for large ones).
+    /// Your own image lists (`path label` per line: `train.txt` or `NAME_train.txt`, and
+    /// `test.txt` / `val.txt`) under a root directory. [`load_splits`] decodes them into memory
+    /// at their own size, which must be one for all (small same-sized sets, e.g. CIFAR as PNG,
+    /// with the pad-and-crop recipes); [`load_image_lists_streamed`] streams any number of images
+    /// of any sizes, as the benchmarks (what training with a resized-crop augmentation uses).
     ImageList,
     /// ImageNet-LT from `ImageNet_LT_{train,val,test}.txt` under the image root, streamed.
     ImagenetLt,
@@ -319,17 +322,10 @@ fn load_image_lists(dir: &Path) -> Result<(Dataset, Option<Dataset>, Dataset)> {
             class,
         });
     }
-    // One size for every split: the images' own if they all agree, else 256 × 256 centre crops.
-    let mut common = None;
-    let mut side = None;
-    for l in &lists {
-        match (l.common_size()?, common) {
-            (Some(s), None) => common = Some(s),
-            (Some(s), Some(c)) if s == c => {}
-            _ => side = Some(256),
-        }
-    }
-    let decode = |l: &ImageList| l.decode(side, classes, vec![]);
+    // Into memory at the images' own size, which every split must share: nothing is resized
+    // behind the user's back (lists of mixed sizes are streamed, `load_image_lists_streamed`).
+    ImageList::check_one_size(&lists)?;
+    let decode = |l: &ImageList| l.decode(classes, vec![]);
     Ok((
         decode(&train)?,
         val.as_ref().map(decode).transpose()?,
@@ -429,10 +425,24 @@ fn streamed_splits(
 
 /// An image-list directory (`train.txt` or `NAME_train.txt`, and `test.txt` / `val.txt`, as
 /// [`DatasetName::ImageList`] finds them) as streamed sets of `side × side` crops, whatever the
-/// number or sizes of the images: what `longtail bench data` measures.
+/// number or sizes of the images: what training with a resized-crop augmentation reads, and
+/// what `longtail bench data` measures. A `val` list is the validation set when there is also
+/// a test list (else it is the test set, as iNaturalist's).
 pub fn load_image_lists_streamed(dir: &Path, side: usize) -> Result<Splits> {
     let (train, val, test) = image_lists(dir)?;
     streamed_splits(DatasetName::ImageList, &train, &test, val.as_ref(), side)
+}
+
+/// The class count of an image-list directory's lists (one more than their largest label),
+/// reading only the list files: what a recipe for your own lists sizes its classifier by.
+pub fn image_list_classes(dir: &Path) -> Result<usize> {
+    let (train, val, test) = image_lists(dir)?;
+    Ok(lists_classes(
+        &[&train, &test]
+            .into_iter()
+            .chain(val.as_ref())
+            .collect::<Vec<_>>(),
+    ))
 }
 
 /// Reader settings that [`load_splits`] keeps at their defaults, the real formats' rules.

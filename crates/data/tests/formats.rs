@@ -322,16 +322,26 @@ fn image_lists_decode_in_parallel() {
     assert_eq!(&s.train.image(1)[(2 * 5 + 3) * 3..][..3], &[10, 3, 2]);
     assert_eq!(s.test.len(), 2);
 
-    // Mixed sizes: every split becomes 256 × 256 centre crops.
+    // Mixed sizes are not resized behind the user's back: decoding into memory names the odd
+    // image (from the headers, before decoding anything); streaming takes them.
     png(&root.join("imgs/a b/big.png"), 8, 6, 99);
     std::fs::write(
         root.join("Toy_LT_test.txt"),
-        "imgs/a b/big.png 0\nimgs/a b/2.png 1\n",
+        "imgs/a b/2.png 1\nimgs/a b/big.png 0\n",
     )
     .unwrap();
-    let s = load_splits(&spec(DatasetName::ImageList, root, 100.0)).unwrap();
-    assert_eq!((s.test.height, s.test.width), (256, 256));
-    assert!(s.test.image(0).chunks(3).all(|p| p[0] == 99));
+    let e = load_splits(&spec(DatasetName::ImageList, root, 100.0)).unwrap_err();
+    assert!(
+        matches!(&e, DataError::MixedSizes { path, got_w: 8, got_h: 6, want_w: 5, want_h: 4 }
+            if path.ends_with("imgs/a b/big.png")),
+        "{e}"
+    );
+    assert!(e.to_string().contains("streamed"), "{e}");
+    let s = longtail_data::load_image_lists_streamed(root, 3).unwrap();
+    assert!(s.train.is_streamed() && s.test.is_streamed());
+    assert_eq!(s.test.labels, [1, 0]);
+    assert_eq!((s.test.height, s.test.width), (3, 3));
+    assert_eq!(longtail_data::image_list_classes(root).unwrap(), 2);
 
     // A bad label, a missing image, a missing list.
     let list = root.join("bad.txt");
@@ -340,10 +350,7 @@ fn image_lists_decode_in_parallel() {
     assert!(matches!(e, DataError::ListLine { line: 1, .. }), "{e}");
     std::fs::write(&list, "imgs/none.png 0\n").unwrap();
     let l = ImageList::read(&list, root).unwrap();
-    assert!(matches!(
-        l.decode(None, 1, vec![]),
-        Err(DataError::Decode { .. })
-    ));
+    assert!(matches!(l.decode(1, vec![]), Err(DataError::Decode { .. })));
     std::fs::remove_file(root.join("Toy_LT_train.txt")).unwrap();
     let e = load_splits(&spec(DatasetName::ImageList, root, 100.0)).unwrap_err();
     assert!(matches!(e, DataError::MissingFile { .. }), "{e}");

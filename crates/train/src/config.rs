@@ -147,6 +147,20 @@ impl DataConfig {
         self.image_size.unwrap_or(224)
     }
 
+    /// Whether the images are streamed from disk (decoded per batch, any number, any sizes)
+    /// rather than held in memory: always for the benchmarks (`imagenet-lt`, `inat2018`,
+    /// `places-lt`); for `image-list` when the training augmentation is a resized crop
+    /// (`imagenet`, `resized-crop-flip`), which takes images of any size. An image list with a
+    /// fixed-size recipe (the CIFAR pad-and-crop ones, `none`) is decoded into memory at the
+    /// images' own size, which must then be one.
+    pub fn streams(&self) -> bool {
+        match self.dataset.parse::<longtail_data::DatasetName>() {
+            Ok(d) if d.is_streamed() => true,
+            Ok(longtail_data::DatasetName::ImageList) => self.augment.is_resized_crop(),
+            _ => false,
+        }
+    }
+
     /// Checks what only the data section decides: a crop side in `1..=4096`; on a streamed
     /// benchmark, a training augmentation that fixes the size (`imagenet`, `resized-crop-flip`
     /// or `none`: the CIFAR recipes pad and crop images that all have one size).
@@ -351,6 +365,10 @@ pub struct SizeEstimate {
     /// Float32 values of one image's activations that a training step keeps (every conv, BN and
     /// ReLU output, the residual sums, the logits), roughly.
     pub activations_per_image: f64,
+    /// Float32 values of one image's largest single activation (a conv output): a forward pass
+    /// without gradients (evaluation) frees each layer's input once the layer is done, so its
+    /// peak is a few of these, not the sum over layers.
+    pub largest_activation: f64,
 }
 
 /// Float32 copies of each conv output a training step holds at its peak (the conv, BN and ReLU
@@ -358,6 +376,11 @@ pub struct SizeEstimate {
 /// `ride.fmnist-lt` (batch 128, eval batch 256, 28×28, 2026-11): 3 experts peak at 292 MB and
 /// 12 experts at 850 MB resident, 62 MB per expert; with 3 copies the estimate gives 65 MB.
 const ACTIVATION_COPIES: f64 = 3.0;
+
+/// Largest activations an evaluation forward holds at once, per image: a block's input (kept for
+/// the residual), its conv output, the BN output and the im2col / padding buffer of the next
+/// conv. An upper bound by construction, not a measurement.
+const EVAL_COPIES: f64 = 4.0;
 
 impl SizeEstimate {
     /// Estimates `model` on `height × width` images. Saturates (infinite) rather than overflows.
@@ -377,15 +400,17 @@ impl SizeEstimate {
         let (mut h, mut w) = (out(height, k, s, p), out(width, k, s, p));
         params += f(model.in_channels) * f(stem) * f(k * k) + bn(stem);
         acts += f(stem) * f(h) * f(w);
+        let mut largest = (f(model.in_channels) * f(height) * f(width)).max(f(stem) * f(h) * f(w));
         if !arch.is_cifar() {
             (h, w) = (out(h, 3, 2, 1), out(w, 3, 2, 1));
             acts += f(stem) * f(h) * f(w) / ACTIVATION_COPIES;
         }
         let planes = model.planes();
         let blocks = model.blocks();
-        // One stage from `c` channels at h × w: (parameters, activations, out channels, h, w).
+        // One stage from `c` channels at h × w: (parameters, activations, out channels, h, w,
+        // largest activation).
         let stage = |i: usize, mut c: usize, mut h: usize, mut w: usize| {
-            let (mut params, mut acts) = (0.0f64, 0.0f64);
+            let (mut params, mut acts, mut largest) = (0.0f64, 0.0f64, 0.0f64);
             let p = planes[i];
             for b in 0..blocks[i] {
                 let s = if b == 0 && i > 0 { 2 } else { 1 };
@@ -395,6 +420,7 @@ impl SizeEstimate {
                     params += 9.0 * f(c) * f(p) + 9.0 * f(p) * f(p) + 2.0 * bn(p);
                     // Two conv units and the residual sum.
                     acts += 3.0 * f(p) * px;
+                    largest = largest.max(f(p) * px);
                     c = p;
                 } else {
                     let (width, groups) = if arch == longtail_backbone::Arch::Resnext50 {
@@ -409,6 +435,7 @@ impl SizeEstimate {
                         + 2.0 * bn(width)
                         + bn(o);
                     acts += f(width) * f(h) * f(w) + f(width) * px + 2.0 * f(o) * px;
+                    largest = largest.max(f(width) * f(h) * f(w)).max(f(o) * px);
                     if s != 1 || c != o {
                         params += f(c) * f(o) + bn(o);
                         acts += f(o) * px;
@@ -417,21 +444,23 @@ impl SizeEstimate {
                 }
                 (h, w) = (oh, ow);
             }
-            (params, acts, c, h, w)
+            (params, acts, c, h, w, largest)
         };
         let shared = model.shared_stages();
         let mut c = stem;
         for i in 0..shared {
-            let (sp, sa, nc, nh, nw) = stage(i, c, h, w);
+            let (sp, sa, nc, nh, nw, sl) = stage(i, c, h, w);
             params += sp;
             acts += sa;
+            largest = largest.max(sl);
             (c, h, w) = (nc, nh, nw);
         }
         let (mut expert_params, mut expert_acts) = (0.0f64, 0.0f64);
         for i in shared..arch.num_stages() {
-            let (sp, sa, nc, nh, nw) = stage(i, c, h, w);
+            let (sp, sa, nc, nh, nw, sl) = stage(i, c, h, w);
             expert_params += sp;
             expert_acts += sa;
+            largest = largest.max(sl);
             (c, h, w) = (nc, nh, nw);
         }
         let classes = f(model.num_classes);
@@ -443,6 +472,7 @@ impl SizeEstimate {
         SizeEstimate {
             parameters: params + experts * expert_params,
             activations_per_image: ACTIVATION_COPIES * (acts + experts * expert_acts),
+            largest_activation: largest,
         }
     }
 
@@ -460,6 +490,12 @@ impl SizeEstimate {
     /// Bytes of one training batch's activations.
     pub fn activation_bytes(&self, batch: usize) -> f64 {
         4.0 * batch as f64 * self.activations_per_image
+    }
+
+    /// Bytes an evaluation batch of `batch` images needs: the parameters and a few of the
+    /// largest activation at a time ([`SizeEstimate::largest_activation`]).
+    pub fn evaluation_bytes(&self, batch: usize) -> f64 {
+        self.parameter_bytes() + 4.0 * EVAL_COPIES * batch as f64 * self.largest_activation
     }
 }
 

@@ -12,8 +12,8 @@ use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
 use longtail_backbone::MultiExpert;
 use longtail_data::{
-    load_benchmark, load_splits, shot_groups, Augment, AugmentKind, DataSpec, DatasetName, Shot,
-    ShotRule, Splits, StreamOptions, Transform,
+    load_benchmark, load_image_lists_streamed, load_splits, shot_groups, Augment, AugmentKind,
+    DataSpec, DatasetName, Shot, ShotRule, Splits, StreamOptions, Transform,
 };
 
 use crate::checkpoint;
@@ -160,31 +160,39 @@ pub fn check_fits_in(
     memory: f64,
 ) -> Result<(), TrainError> {
     let est = SizeEstimate::of(&cfg.model, height, width);
-    let batch = cfg.optim.batch_size.max(cfg.optim.eval_batch_size);
-    let params = 4.0 * est.parameter_bytes();
-    let acts = est.activation_bytes(batch);
-    let need = params + acts;
-    if need <= memory {
+    let (batch, eval_batch) = (cfg.optim.batch_size, cfg.optim.eval_batch_size);
+    let (train, eval) = (est.training_bytes(batch), est.evaluation_bytes(eval_batch));
+    if train.max(eval) <= memory {
         return Ok(());
     }
     let m = &cfg.model;
+    if eval > train {
+        return Err(TrainError::TooLarge(format!(
+            "evaluating this network needs about {} of memory but this machine has {} (MemTotal): an evaluation batch of {eval_batch} {height}×{width} images holds {} at a time; lower optim.eval_batch_size (it does not change the numbers)",
+            human_bytes(eval),
+            human_bytes(memory),
+            human_bytes(eval - est.parameter_bytes()),
+        )));
+    }
     Err(TrainError::TooLarge(format!(
         "this run needs about {} of memory but this machine has {} (MemTotal): {} experts × {} classes is {:.3e} parameters ({} with gradients and momentum), and a batch of {batch} {height}×{width} images {} of activations; use fewer experts or classes, narrower widths or a smaller --batch-size",
-        human_bytes(need),
+        human_bytes(train),
         human_bytes(memory),
         m.num_experts,
         m.num_classes,
         est.parameters,
-        human_bytes(params),
-        human_bytes(acts),
+        human_bytes(4.0 * est.parameter_bytes()),
+        human_bytes(est.activation_bytes(batch)),
     )))
 }
 
 /// Loads the data a config names.
 ///
-/// A streamed benchmark (`imagenet-lt`, `inat2018`, `places-lt`) reads only its official lists
-/// here ([`load_benchmark`]): `data.image_size` crops, the val list as validation set when
-/// `data.val_list`, else a `data.val_fraction` split of the training list when asked.
+/// A streamed data set ([`crate::DataConfig::streams`]) reads only its lists here: a
+/// benchmark (`imagenet-lt`, `inat2018`, `places-lt`) its official lists ([`load_benchmark`]),
+/// with the val list as validation set when `data.val_list`; an `image-list` directory its
+/// `train` / `test` / `val` lists ([`load_image_lists_streamed`]). Crops are `data.image_size`
+/// a side; a `data.val_fraction` split of the training list replaces any val list.
 pub fn load_data(cfg: &RunConfig) -> Result<(DatasetName, Splits), TrainError> {
     let name: DatasetName = cfg.data.dataset.parse()?;
     let spec = DataSpec {
@@ -194,15 +202,19 @@ pub fn load_data(cfg: &RunConfig) -> Result<(DatasetName, Splits), TrainError> {
         val_fraction: cfg.data.val_fraction,
         seed: cfg.seed,
     };
-    let Some(root) = cfg.data.data_dir.as_deref().filter(|_| name.is_streamed()) else {
+    let Some(root) = cfg.data.data_dir.as_deref().filter(|_| cfg.data.streams()) else {
         // The in-memory sets, and a streamed one without a directory (whose error says what to pass).
         return Ok((name, load_splits(&spec)?));
     };
-    let opts = StreamOptions {
-        side: cfg.data.side(),
-        val_list: cfg.data.val_list,
+    let mut splits = if name.is_streamed() {
+        let opts = StreamOptions {
+            side: cfg.data.side(),
+            val_list: cfg.data.val_list,
+        };
+        load_benchmark(name, root, opts)?
+    } else {
+        load_image_lists_streamed(root, cfg.data.side())?
     };
-    let mut splits = load_benchmark(name, root, opts)?;
     if let Some(f) = cfg.data.val_fraction {
         let (train, val) = splits.train.split_validation(f, cfg.seed)?;
         splits.train = train;
@@ -214,12 +226,13 @@ pub fn load_data(cfg: &RunConfig) -> Result<(DatasetName, Splits), TrainError> {
 /// The training and evaluation transforms of a config: its augmentation, then the data set's
 /// normalisation.
 ///
-/// On a streamed benchmark the crops are `data.image_size` (224) a side: training with the
-/// config's resized-crop augmentation (`none`: the evaluation transform), evaluation with
-/// `Resize(round(side · 256/224))` → `CenterCrop(side)`, as the official loaders (docs/ride.md §6).
+/// On a streamed data set ([`crate::DataConfig::streams`]) the crops are `data.image_size`
+/// (224) a side: training with the config's resized-crop augmentation (`none`: the evaluation
+/// transform), evaluation with `Resize(round(side · 256/224))` → `CenterCrop(side)`, as the
+/// official loaders (docs/ride.md §6).
 pub fn transforms(cfg: &RunConfig, name: DatasetName) -> (Transform, Transform) {
     let norm = name.normalize();
-    if name.is_streamed() {
+    if cfg.data.streams() {
         let side = cfg.data.side();
         let train = match cfg.data.augment {
             AugmentKind::None => Augment::imagenet_eval(side),

@@ -242,6 +242,31 @@ fn a_run_that_cannot_fit_in_memory_is_refused_with_the_estimate() {
     assert!(check_fits_in(&cfg, 28, 28, machine).is_err());
 }
 
+/// Evaluation holds a few of the largest activations at a time, not every layer's: the
+/// ImageNet-LT recipe (ResNeXt-50, 3 experts, 1000 classes, 224²) at training batch 8 with the
+/// official evaluation batch of 256 fits 24 GB (sizing evaluation like training asked 61 GB);
+/// an evaluation batch of 20,000 is refused, naming the setting that fixes it.
+#[test]
+fn evaluation_batches_are_sized_as_forward_passes() {
+    let model = BackboneConfig::ride_imagenet(Arch::Resnext50, 3, 1000);
+    let mut cfg = run_config(model);
+    cfg.optim.batch_size = 8;
+    let machine = 24e9;
+    check_fits_in(&cfg, 224, 224, machine).unwrap();
+    let est = SizeEstimate::of(&cfg.model, 224, 224);
+    // The largest activation: layer1's 256 × 56 × 56 outputs (ResNeXt-50's 3×3 width is 128).
+    assert_eq!(est.largest_activation, (256 * 56 * 56) as f64);
+    assert!(est.evaluation_bytes(256) < est.training_bytes(256) / 10.0);
+    cfg.optim.eval_batch_size = 20_000;
+    let e = check_fits_in(&cfg, 224, 224, machine)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("an evaluation batch of 20000") && e.contains("optim.eval_batch_size"),
+        "{e}"
+    );
+}
+
 /// A checkpoint whose stored config describes a larger network than its weights (here 100,000
 /// classes on 3-class weights) is refused before the network is built.
 #[test]

@@ -1,12 +1,12 @@
 //! Image-list files in the ImageNet-LT / Places-LT / iNaturalist format: one `relative/path label`
 //! per line, paths relative to a root directory (RIDE `LT_Dataset`, docs/ride.md §6).
 //!
-//! Reading the list decodes nothing; [`ImageList::decode`] decodes the images with the `image`
-//! crate in parallel (rayon) when they are needed.
+//! Reading the list decodes nothing. [`ImageList::streamed`] makes a data set whose images are
+//! decoded when their batch is built (any sizes, any number); [`ImageList::decode`] decodes a
+//! list of same-sized images into memory with the `image` crate in parallel (rayon).
 
 use std::path::{Path, PathBuf};
 
-use image::imageops::FilterType;
 use image::RgbImage;
 use rayon::prelude::*;
 
@@ -100,20 +100,39 @@ impl ImageList {
         seen.iter().position(|&s| !s)
     }
 
-    /// Whether every image has the same width and height (reads only the headers, in parallel).
-    pub fn common_size(&self) -> Result<Option<(u32, u32)>> {
-        let sizes: Vec<(u32, u32)> = self
-            .entries
-            .par_iter()
-            .map(|(p, _)| {
-                let path = self.root.join(p);
-                image::image_dimensions(&path).map_err(|source| DataError::Decode { path, source })
-            })
-            .collect::<Result<_>>()?;
-        Ok(match sizes.first() {
-            Some(&first) if sizes.iter().all(|&s| s == first) => Some(first),
-            _ => None,
-        })
+    /// Checks that every image of `lists` has the size of the first list's first image,
+    /// reading only the headers (in parallel): [`DataError::MixedSizes`] names the first odd
+    /// image. Decoding into memory needs one size; lists of mixed sizes are streamed instead.
+    pub fn check_one_size(lists: &[&ImageList]) -> Result<()> {
+        let size = |l: &ImageList, p: &Path| {
+            let path = l.root.join(p);
+            image::image_dimensions(&path).map_err(|source| DataError::Decode { path, source })
+        };
+        let Some((first, (p0, _))) = lists
+            .iter()
+            .find_map(|l| l.entries.first().map(|e| (*l, e)))
+        else {
+            return Ok(());
+        };
+        let (want_w, want_h) = size(first, p0)?;
+        for l in lists {
+            let sizes: Vec<(u32, u32)> = l
+                .entries
+                .par_iter()
+                .map(|(p, _)| size(l, p))
+                .collect::<Result<_>>()?;
+            if let Some(k) = sizes.iter().position(|&s| s != (want_w, want_h)) {
+                let (got_w, got_h) = sizes[k];
+                return Err(DataError::MixedSizes {
+                    path: l.root.join(&l.entries[k].0),
+                    got_w,
+                    got_h,
+                    want_w,
+                    want_h,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// A streamed data set over this list's files: nothing is decoded here; the
@@ -139,30 +158,18 @@ impl ImageList {
         )
     }
 
-    /// Decodes every image to RGB in parallel.
-    ///
-    /// `side = None` keeps the images' own size, which must then be the same for all
-    /// ([`DataError::MixedSizes`] otherwise). `side = Some(s)` resizes the shorter side to `s`
-    /// (bilinear, `image`'s Triangle filter) and takes the centre `s × s` crop, as torchvision's
-    /// `Resize(s)` + `CenterCrop(s)`. Labels must be `< num_classes`.
-    pub fn decode(
-        &self,
-        side: Option<u32>,
-        num_classes: usize,
-        class_names: Vec<String>,
-    ) -> Result<Dataset> {
+    /// Decodes every image to RGB in parallel, at its own size, which must be the same for all
+    /// ([`DataError::MixedSizes`] otherwise: images of mixed sizes are streamed, see
+    /// [`ImageList::streamed`]). Labels must be `< num_classes`.
+    pub fn decode(&self, num_classes: usize, class_names: Vec<String>) -> Result<Dataset> {
         let decoded: Vec<RgbImage> = self
             .entries
             .par_iter()
             .map(|(p, _)| {
                 let path = self.root.join(p);
-                let img = image::open(&path)
+                Ok(image::open(&path)
                     .map_err(|source| DataError::Decode { path, source })?
-                    .to_rgb8();
-                Ok(match side {
-                    Some(s) => resize_center(&img, s),
-                    None => img,
-                })
+                    .to_rgb8())
             })
             .collect::<Result<_>>()?;
         let (w, h) = decoded[0].dimensions();
@@ -191,22 +198,4 @@ impl ImageList {
             vec![],
         )
     }
-}
-
-/// Shorter side to `s`, then the centre `s × s` crop.
-fn resize_center(img: &RgbImage, s: u32) -> RgbImage {
-    let (w, h) = img.dimensions();
-    let (nw, nh) = if w <= h {
-        (
-            s,
-            ((h as u64 * s as u64 + w as u64 / 2) / w as u64).max(s as u64) as u32,
-        )
-    } else {
-        (
-            ((w as u64 * s as u64 + h as u64 / 2) / h as u64).max(s as u64) as u32,
-            s,
-        )
-    };
-    let r = image::imageops::resize(img, nw, nh, FilterType::Triangle);
-    image::imageops::crop_imm(&r, (nw - s) / 2, (nh - s) / 2, s, s).to_image()
 }
