@@ -306,6 +306,10 @@ fn your_own_image_lists_stream_with_the_imagenet_recipe() {
         err.contains(".JPEG: image is") && err.contains("streamed"),
         "{err}"
     );
-    assert_eq!(err.lines().filter(|l| l.starts_with("error:")).count(), 1, "{err}");
+    assert_eq!(
+        err.lines().filter(|l| l.starts_with("error:")).count(),
+        1,
+        "{err}"
+    );
     assert!(!dir.path().join("cifar/last.safetensors").exists());
 }

@@ -2,7 +2,7 @@
 //! at batch 128 (ours vs candle stock), and a whole ResNet-32 training step and eval forward.
 //!
 //! Run: `cargo bench -p longtail-kernels` (release build). Optional arguments pick sections:
-//! `gemm`, `layers`, `bn`, `train` (default: all). Environment: `LT_BENCH_REPS` (per-layer
+//! `gemm`, `layers`, `bn`, `ops`, `train` (default: all). Environment: `LT_BENCH_REPS` (per-layer
 //! repetitions, default 5), `LT_BENCH_STEPS` (timed train steps for ours, default 5),
 //! `LT_BENCH_STOCK_STEPS` (for stock, default 3; 0 also skips stock in `layers`),
 //! `LONGTAIL_ISA` (`avx512`, `avx2`, `scalar`: the SIMD level of our kernels; `scalar` is the
@@ -398,6 +398,129 @@ fn bench_bn(reps: usize) -> R<()> {
     Ok(())
 }
 
+// ------------------------------------------------------------------ element-wise ops
+
+/// Our batch-norm, add + ReLU and max-pool kernels alone (forward and the backward functions
+/// `loss.backward()` runs, called directly: no autograd glue), per ResNet-32 shape and for the
+/// ImageNet stem's pooling, at every SIMD level up to `LONGTAIL_ISA` (forced with
+/// `lk::with_isa`), levels interleaved within each repetition. Median ms of `max(reps, 15)`.
+fn bench_ops(reps: usize) -> R<()> {
+    let reps = reps.max(15);
+    let levels: Vec<lk::Isa> = lk::Isa::available()
+        .into_iter()
+        .filter(|&l| l <= lk::isa())
+        .collect();
+    println!("\n== batch norm / add+relu / max pool kernels alone: median of {reps} (ms)");
+    print!("{:<16} {:<14}", "shape", "op");
+    for l in &levels {
+        print!(" {:>8}", l.name());
+    }
+    println!();
+    type Op<'a> = (&'static str, Box<dyn Fn() -> R<()> + 'a>);
+    let run = |shape: String, ops: Vec<Op>| -> R<()> {
+        let mut t = vec![vec![Vec::new(); levels.len()]; ops.len()];
+        for rep in 0..reps {
+            for (oi, (_, f)) in ops.iter().enumerate() {
+                // A different level goes first in each repetition (no order bias).
+                for k in 0..levels.len() {
+                    let li = (rep + k) % levels.len();
+                    let l = levels[li];
+                    let s = Instant::now();
+                    lk::with_isa(l, f)??;
+                    t[oi][li].push(s.elapsed().as_secs_f64());
+                }
+            }
+        }
+        for (oi, (name, _)) in ops.iter().enumerate() {
+            print!("{shape:<16} {name:<14}");
+            for ts in &t[oi] {
+                print!(" {:>8.3}", median(ts.clone()) * 1e3);
+            }
+            println!();
+        }
+        Ok(())
+    };
+    for (i, (c, hw)) in [(16, 32), (32, 16), (64, 8)].into_iter().enumerate() {
+        let shape = [BATCH, c, hw, hw];
+        let x = rand_t(&shape, 31 + i as u64, 2.0)?;
+        let g = (rand_t(&[c], 41, 0.5)? + 1.0)?;
+        let b = rand_t(&[c], 51, 0.5)?;
+        let (rm, rv) = (rand_t(&[c], 52, 0.5)?, (rand_t(&[c], 53, 0.5)? + 1.0)?);
+        let other = rand_t(&shape, 71, 1.0)?;
+        let dy = rand_t(&shape, 61, 1.0)?;
+        let (y, mean, var) = lk::batch_norm_train(&x, &g, &b, 1e-5, true)?;
+        let yr = lk::add_relu(&x, &other)?;
+        let (x, g, b) = (&x, &g, &b);
+        let (y, mean, var, dy, other, rm, rv, yr) = (&y, &mean, &var, &dy, &other, &rm, &rv, &yr);
+        let ops: Vec<Op> = vec![
+            (
+                "bn fwd+relu",
+                Box::new(move || {
+                    lk::batch_norm_train(x, g, b, 1e-5, true)?;
+                    Ok(())
+                }),
+            ),
+            (
+                "bn eval+relu",
+                Box::new(move || {
+                    lk::batch_norm_eval(x, g, b, rm, rv, 1e-5, true)?;
+                    Ok(())
+                }),
+            ),
+            (
+                "bn bwd+relu",
+                Box::new(move || {
+                    lk::batch_norm_backward(x, Some(y), dy, g, (mean, var), 1e-5, true)?;
+                    Ok(())
+                }),
+            ),
+            (
+                "bn bwd",
+                Box::new(move || {
+                    lk::batch_norm_backward(x, None, dy, g, (mean, var), 1e-5, true)?;
+                    Ok(())
+                }),
+            ),
+            (
+                "add+relu",
+                Box::new(move || {
+                    lk::add_relu(x, other)?;
+                    Ok(())
+                }),
+            ),
+            (
+                "relu bwd",
+                Box::new(move || {
+                    lk::relu_backward(dy, yr)?;
+                    Ok(())
+                }),
+            ),
+        ];
+        run(format!("{BATCH}x{c}x{hw}x{hw}"), ops)?;
+    }
+    // The ImageNet stem: MaxPool2d(3, 2, padding 1) on 64 channels at 112², batch 16.
+    let x = rand_t(&[16, 64, 112, 112], 81, 1.0)?;
+    let dy = rand_t(&[16, 64, 56, 56], 82, 1.0)?;
+    let (x, dy) = (&x, &dy);
+    let ops: Vec<Op> = vec![
+        (
+            "max pool fwd",
+            Box::new(move || {
+                lk::max_pool2d(x, 3, 2, 1)?;
+                Ok(())
+            }),
+        ),
+        (
+            "max pool bwd",
+            Box::new(move || {
+                lk::max_pool2d_backward(x, dy, 3, 2, 1)?;
+                Ok(())
+            }),
+        ),
+    ];
+    run("16x64x112x112".into(), ops)
+}
+
 // ------------------------------------------------------------------ ResNet-32
 
 /// Conv + BN parameters of one conv layer of the benchmark ResNet-32.
@@ -667,6 +790,9 @@ fn main() -> R<()> {
     }
     if want("bn") {
         bench_bn(reps)?;
+    }
+    if want("ops") {
+        bench_ops(reps)?;
     }
     if want("train") {
         bench_train()?;

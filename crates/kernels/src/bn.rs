@@ -3,9 +3,13 @@
 //! Data are viewed as `(n, c, s)` with `s = H·W`: channel `ch` of image `i` is the contiguous
 //! plane `x[(i·c + ch)·s ..][..s]`. Per-channel reductions run in parallel over channels and
 //! walk that channel's `n` planes; element-wise passes run in parallel over planes. Sums use
-//! eight f32 lanes within a plane and f64 across planes, so accuracy does not degrade with
+//! [`LANES`] f32 lanes within a plane and f64 across planes, so accuracy does not degrade with
 //! the batch size.
+//!
+//! Every loop is plain Rust compiled per SIMD level by [`dispatch`] (the level is read once per
+//! op on the calling thread, [`current`]): the results are bit-identical on every level.
 
+use crate::isa::{current, dispatch, Isa};
 use crate::{cpu_slice, par_collect};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -16,28 +20,32 @@ fn min_planes(s: usize) -> usize {
     (4096 / s.max(1)).max(1)
 }
 
-/// Sum of a slice with eight f32 accumulators (vectorises; error ~ √(len/8)·ε).
-#[inline]
+/// Accumulator lanes of the per-plane sums: one AVX-512 register, two AVX2 or four SSE2 ones,
+/// i.e. 1–4 independent add chains (the sums are bound by the add latency, not by loads).
+const LANES: usize = 16;
+
+/// Sum of a slice with [`LANES`] f32 accumulators (vectorises; error ~ √(len/16)·ε).
+#[inline(always)]
 fn lane_sum(v: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let chunks = v.chunks_exact(8);
+    let mut acc = [0f32; LANES];
+    let chunks = v.chunks_exact(LANES);
     let rem = chunks.remainder();
     for c in chunks {
-        for l in 0..8 {
+        for l in 0..LANES {
             acc[l] += c[l];
         }
     }
     acc.iter().sum::<f32>() + rem.iter().sum::<f32>()
 }
 
-/// `Σ (v − m)²` with eight f32 accumulators.
-#[inline]
+/// `Σ (v − m)²` with [`LANES`] f32 accumulators.
+#[inline(always)]
 fn lane_sq_dev(v: &[f32], m: f32) -> f32 {
-    let mut acc = [0f32; 8];
-    let chunks = v.chunks_exact(8);
+    let mut acc = [0f32; LANES];
+    let chunks = v.chunks_exact(LANES);
     let rem = chunks.remainder();
     for c in chunks {
-        for l in 0..8 {
+        for l in 0..LANES {
             let d = c[l] - m;
             acc[l] += d * d;
         }
@@ -50,23 +58,35 @@ fn lane_sq_dev(v: &[f32], m: f32) -> f32 {
 /// Each plane gives its own mean and squared deviation (two passes over a plane that is in L1),
 /// and planes are merged with Chan et al.'s pairwise update in f64: one pass over memory, no
 /// `E[x²] − E[x]²` cancellation.
-pub(crate) fn channel_stats(x: &[f32], n: usize, c: usize, s: usize) -> (Vec<f32>, Vec<f32>) {
+pub(crate) fn channel_stats(
+    x: &[f32],
+    n: usize,
+    c: usize,
+    s: usize,
+    isa: Isa,
+) -> (Vec<f32>, Vec<f32>) {
     let per: Vec<(f32, f32)> = (0..c)
         .into_par_iter()
         .map(|ch| {
-            let (mut cnt, mut mean, mut m2) = (0f64, 0f64, 0f64);
-            let nb = s as f64;
-            for i in 0..n {
-                let p = &x[(i * c + ch) * s..][..s];
-                let bm = lane_sum(p) as f64 / nb;
-                let bm2 = lane_sq_dev(p, bm as f32) as f64;
-                let tot = cnt + nb;
-                let d = bm - mean;
-                mean += d * nb / tot;
-                m2 += bm2 + d * d * cnt * nb / tot;
-                cnt = tot;
-            }
-            (mean as f32, (m2 / cnt) as f32)
+            dispatch(
+                isa,
+                #[inline(always)]
+                || {
+                    let (mut cnt, mut mean, mut m2) = (0f64, 0f64, 0f64);
+                    let nb = s as f64;
+                    for i in 0..n {
+                        let p = &x[(i * c + ch) * s..][..s];
+                        let bm = lane_sum(p) as f64 / nb;
+                        let bm2 = lane_sq_dev(p, bm as f32) as f64;
+                        let tot = cnt + nb;
+                        let d = bm - mean;
+                        mean += d * nb / tot;
+                        m2 += bm2 + d * d * cnt * nb / tot;
+                        cnt = tot;
+                    }
+                    (mean as f32, (m2 / cnt) as f32)
+                },
+            )
         })
         .collect();
     per.into_iter().unzip()
@@ -80,22 +100,33 @@ fn affine_planes(
     scale: &[f32],
     shift: &[f32],
     relu: bool,
+    isa: Isa,
 ) -> Vec<f32> {
     if s == 0 {
         return vec![0f32; x.len()];
     }
-    par_collect(x.len(), s, min_planes(s), |pi| {
-        let (a, b) = (scale[pi % c], shift[pi % c]);
-        // `relu` is loop-invariant: the compiler splits the loop in two.
-        x[pi * s..][..s].iter().map(move |&x| {
-            let v = x * a + b;
-            if relu {
-                v.max(0.0)
-            } else {
-                v
-            }
-        })
-    })
+    par_collect(
+        x.len(),
+        s,
+        min_planes(s),
+        isa,
+        #[inline(always)]
+        |pi| {
+            let (a, b) = (scale[pi % c], shift[pi % c]);
+            // `relu` is loop-invariant: the compiler splits the loop in two.
+            x[pi * s..][..s].iter().map(
+                #[inline(always)]
+                move |&x| {
+                    let v = x * a + b;
+                    if relu {
+                        v.max(0.0)
+                    } else {
+                        v
+                    }
+                },
+            )
+        },
+    )
 }
 
 /// What a batch-norm forward computed and its backward needs: the statistics used to normalise.
@@ -147,8 +178,9 @@ impl CustomOp3 for BatchNorm {
         let gamma = cpu_slice(s2, l2)?;
         let beta = cpu_slice(s3, l3)?;
         let (n, c, s) = dims_ncs(l1.shape());
+        let isa = current();
         if let Mode::Batch { eps } = self.mode {
-            let (mean, var) = channel_stats(x, n, c, s);
+            let (mean, var) = channel_stats(x, n, c, s, isa);
             let invstd = var
                 .iter()
                 .map(|&v| (1.0 / (v as f64 + eps).sqrt()) as f32)
@@ -171,7 +203,7 @@ impl CustomOp3 for BatchNorm {
             .zip(&scale)
             .map(|((b, m), a)| b - m * a)
             .collect();
-        let y = affine_planes(x, c, s, &scale, &shift, self.relu);
+        let y = affine_planes(x, c, s, &scale, &shift, self.relu, isa);
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -246,24 +278,31 @@ impl CustomOp3 for BatchNormBwd {
         let dy = cpu_slice(s3, l3)?;
         let (n, c, s) = dims_ncs(l1.shape());
         let relu = self.relu;
+        let isa = current();
         // Σ g and Σ g·(x − μ) per channel.
         let sums: Vec<(f64, f64)> = (0..c)
             .into_par_iter()
             .map(|ch| {
-                let m = self.mean[ch];
-                let (mut s1, mut s2) = (0f64, 0f64);
-                for i in 0..n {
-                    let o = (i * c + ch) * s;
-                    let planes = (&x[o..o + s], &y[o..o + s], &dy[o..o + s]);
-                    let (p1, p2) = if relu {
-                        plane_sums::<true>(planes, m)
-                    } else {
-                        plane_sums::<false>(planes, m)
-                    };
-                    s1 += p1 as f64;
-                    s2 += p2 as f64;
-                }
-                (s1, s2)
+                dispatch(
+                    isa,
+                    #[inline(always)]
+                    || {
+                        let m = self.mean[ch];
+                        let (mut s1, mut s2) = (0f64, 0f64);
+                        for i in 0..n {
+                            let o = (i * c + ch) * s;
+                            let planes = (&x[o..o + s], &y[o..o + s], &dy[o..o + s]);
+                            let (p1, p2) = if relu {
+                                plane_sums::<true>(planes, m)
+                            } else {
+                                plane_sums::<false>(planes, m)
+                            };
+                            s1 += p1 as f64;
+                            s2 += p2 as f64;
+                        }
+                        (s1, s2)
+                    },
+                )
             })
             .collect();
         let count = (n * s) as f64;
@@ -289,17 +328,25 @@ impl CustomOp3 for BatchNormBwd {
         let dx = if s == 0 {
             vec![]
         } else {
-            par_collect(x.len(), s, min_planes(s), |pi| {
-                let (a, b, k) = coef[pi % c];
-                let o = pi * s;
-                x[o..o + s].iter().zip(&y[o..o + s]).zip(&dy[o..o + s]).map(
-                    move |((&x, &y), &g)| {
-                        // dx = a·g + b·x + k, g zeroed where the fused ReLU clipped.
-                        let g = if relu && y <= 0.0 { 0.0 } else { g };
-                        a * g + b * x + k
-                    },
-                )
-            })
+            par_collect(
+                x.len(),
+                s,
+                min_planes(s),
+                isa,
+                #[inline(always)]
+                |pi| {
+                    let (a, b, k) = coef[pi % c];
+                    let o = pi * s;
+                    x[o..o + s].iter().zip(&y[o..o + s]).zip(&dy[o..o + s]).map(
+                        #[inline(always)]
+                        move |((&x, &y), &g)| {
+                            // dx = a·g + b·x + k, g zeroed where the fused ReLU clipped.
+                            let g = clip_grad(relu, g, y);
+                            a * g + b * x + k
+                        },
+                    )
+                },
+            )
         };
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
@@ -308,36 +355,55 @@ impl CustomOp3 for BatchNormBwd {
 /// The gradient reaching the batch-norm output: `dy`, zeroed where the fused ReLU clipped.
 #[inline(always)]
 fn masked<const RELU: bool>(g: f32, y: f32) -> f32 {
-    if RELU && y <= 0.0 {
-        0.0
-    } else {
-        g
-    }
+    clip_grad(RELU, g, y)
 }
 
-/// `(Σ g, Σ g·(x − m))` over one plane, eight lanes, branch-free so it vectorises.
+/// `if relu && y <= 0 { 0.0 } else { g }` as a bit mask (`g & 0` is `+0.0`): branch-free on
+/// every level (as a select, LLVM made the AVX-512 build a masked conditional load of `g`).
+#[inline(always)]
+fn clip_grad(relu: bool, g: f32, y: f32) -> f32 {
+    let keep = ((relu & (y <= 0.0)) as u32).wrapping_sub(1);
+    f32::from_bits(g.to_bits() & keep)
+}
+
+/// `(Σ g, Σ g·(x − m))` over one plane, [`LANES`] lanes, branch-free so it vectorises.
+///
+/// Two passes over the plane (it is in L1), one accumulator array each: with both arrays in
+/// one loop LLVM's SLP vectoriser paired `a1[l]` with `a2[l]` in 2-wide vectors instead of
+/// vectorising along the lanes, and the AVX2 / SSE2 backward ran 3–4× slower than AVX-512's.
+#[inline(always)]
 fn plane_sums<const RELU: bool>((x, y, g): (&[f32], &[f32], &[f32]), m: f32) -> (f32, f32) {
-    let (mut a1, mut a2) = ([0f32; 8], [0f32; 8]);
-    let (xc, yc, gc) = (x.chunks_exact(8), y.chunks_exact(8), g.chunks_exact(8));
-    let (mut r1, mut r2) = (0f32, 0f32);
+    (
+        lane_sum_of((x, y, g), |_, y, g| masked::<RELU>(g, y)),
+        lane_sum_of((x, y, g), |x, y, g| masked::<RELU>(g, y) * (x - m)),
+    )
+}
+
+/// `Σ f(x[i], y[i], g[i])` with [`LANES`] f32 accumulators; the tail past the last full
+/// chunk is summed first, on its own, and added last.
+#[inline(always)]
+fn lane_sum_of((x, y, g): (&[f32], &[f32], &[f32]), f: impl Fn(f32, f32, f32) -> f32) -> f32 {
+    let mut acc = [0f32; LANES];
+    let (xc, yc, gc) = (
+        x.chunks_exact(LANES),
+        y.chunks_exact(LANES),
+        g.chunks_exact(LANES),
+    );
+    let mut rem = 0f32;
     for ((x, y), g) in xc
         .remainder()
         .iter()
         .zip(yc.remainder())
         .zip(gc.remainder())
     {
-        let g = masked::<RELU>(*g, *y);
-        r1 += g;
-        r2 += g * (x - m);
+        rem += f(*x, *y, *g);
     }
     for ((x, y), g) in xc.zip(yc).zip(gc) {
-        for l in 0..8 {
-            let g = masked::<RELU>(g[l], y[l]);
-            a1[l] += g;
-            a2[l] += g * (x[l] - m);
+        for l in 0..LANES {
+            acc[l] += f(x[l], y[l], g[l]);
         }
     }
-    (a1.iter().sum::<f32>() + r1, a2.iter().sum::<f32>() + r2)
+    acc.iter().sum::<f32>() + rem
 }
 
 /// `max(a + b, 0)`: the residual join of a ResNet block. Its backward is [`ReluMask`].
@@ -357,13 +423,20 @@ impl CustomOp2 for AddRelu {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let a = cpu_slice(s1, l1)?;
         let b = cpu_slice(s2, l2)?;
-        let y = par_collect(a.len(), 8192, 1, |i| {
-            let r = i * 8192..(i * 8192 + 8192).min(a.len());
-            a[r.clone()]
-                .iter()
-                .zip(&b[r])
-                .map(|(a, b)| (a + b).max(0.0))
-        });
+        let y = par_collect(
+            a.len(),
+            8192,
+            1,
+            current(),
+            #[inline(always)]
+            |i| {
+                let r = i * 8192..(i * 8192 + 8192).min(a.len());
+                a[r.clone()].iter().zip(&b[r]).map(
+                    #[inline(always)]
+                    |(a, b)| (a + b).max(0.0),
+                )
+            },
+        );
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -396,13 +469,21 @@ impl CustomOp2 for ReluMask {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let g = cpu_slice(s1, l1)?;
         let y = cpu_slice(s2, l2)?;
-        let out = par_collect(g.len(), 8192, 1, |i| {
-            let r = i * 8192..(i * 8192 + 8192).min(g.len());
-            g[r.clone()]
-                .iter()
-                .zip(&y[r])
-                .map(|(g, y)| if *y > 0.0 { *g } else { 0.0 })
-        });
+        let out = par_collect(
+            g.len(),
+            8192,
+            1,
+            current(),
+            #[inline(always)]
+            |i| {
+                let r = i * 8192..(i * 8192 + 8192).min(g.len());
+                g[r.clone()].iter().zip(&y[r]).map(
+                    #[inline(always)]
+                    // `y > 0 ? g : 0` as a bit mask, as in `clip_grad`.
+                    |(g, y)| f32::from_bits(g.to_bits() & ((*y > 0.0) as u32).wrapping_neg()),
+                )
+            },
+        );
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
@@ -417,7 +498,7 @@ mod tests {
         let x: Vec<f32> = (0..n * c * s)
             .map(|i| 100.0 + ((i * 37) % 17) as f32 * 0.25)
             .collect();
-        let (mean, var) = channel_stats(&x, n, c, s);
+        let (mean, var) = channel_stats(&x, n, c, s, Isa::Scalar);
         for ch in 0..c {
             let vals: Vec<f64> = (0..n)
                 .flat_map(|i| x[(i * c + ch) * s..][..s].iter().map(|&v| v as f64))

@@ -31,7 +31,7 @@
 
 use crate::cpu_slice;
 use crate::direct;
-use crate::isa::{isa, Isa};
+use crate::isa::{current, Isa};
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -335,7 +335,7 @@ where
 
 /// Forward conv: `x (n, c_in, h, w)`, `w (c_out, c_in/g, kh, kw)` → `(n, c_out, ho, wo)`.
 pub(crate) fn conv_fwd(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
-    conv_fwd_isa(g, x, w, isa())
+    conv_fwd_isa(g, x, w, current())
 }
 
 /// [`conv_fwd`] with the direct kernels of `isa` where they apply (`Isa::Scalar`: im2col only).
@@ -379,7 +379,7 @@ pub(crate) fn conv_fwd_isa(g: &Geom, x: &[f32], w: &[f32], isa: Isa) -> Vec<f32>
 
 /// Input gradient: `dy (n, c_out, ho, wo)`, `w` → `dx (n, c_in, h, w)`.
 pub(crate) fn conv_dx(g: &Geom, dy: &[f32], w: &[f32]) -> Vec<f32> {
-    conv_dx_isa(g, dy, w, isa())
+    conv_dx_isa(g, dy, w, current())
 }
 
 /// [`conv_dx`] with the direct kernels of `isa` where they apply.
@@ -437,7 +437,7 @@ pub(crate) fn conv_dx_isa(g: &Geom, dy: &[f32], w: &[f32], isa: Isa) -> Vec<f32>
 
 /// Weight gradient: `x (n, c_in, h, w)`, `dy (n, c_out, ho, wo)` → `dw (c_out, c_in/g, kh, kw)`.
 pub(crate) fn conv_dw(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
-    conv_dw_isa(g, x, dy, isa())
+    conv_dw_isa(g, x, dy, current())
 }
 
 /// [`conv_dw`] with the direct kernels of `isa` where they apply.

@@ -5,10 +5,15 @@
 //! the CPU has. `LONGTAIL_ISA=avx2` (or `scalar`) caps the choice, so both paths can be measured
 //! on one AVX-512 machine; asking for more than the CPU has is an error ([`isa_from_env`]).
 //!
+//! The batch-norm, add + ReLU and max-pool loops are plain Rust compiled three times through
+//! [`dispatch`], so every level computes the same operations in the same order: their results
+//! are bit-identical across levels. [`with_isa`] forces a level on one thread (tests, benches).
+//!
 //! The `gemm` crate (our im2col convolutions, candle's matmul) does its own dispatch and is
 //! built without its `x86-v4` feature, so it always runs its AVX2 + FMA kernels: with it on, a
 //! 1024³ GEMM is faster on AVX-512 machines but the training step was not (kernels README).
 
+use std::cell::Cell;
 use std::fmt;
 use std::sync::OnceLock;
 
@@ -98,4 +103,71 @@ pub fn isa_from_env() -> Result<Isa, KernelError> {
 pub fn isa() -> Isa {
     static ISA: OnceLock<Isa> = OnceLock::new();
     *ISA.get_or_init(|| isa_from_env().unwrap_or_else(|_| Isa::detected()))
+}
+
+thread_local! {
+    /// The level [`with_isa`] forces on this thread, if any.
+    static FORCED: Cell<Option<Isa>> = const { Cell::new(None) };
+}
+
+/// The level for an op called on this thread: the one [`with_isa`] forces, else [`isa`].
+/// Read once at an op's entry (candle runs `cpu_fwd` on the calling thread) and passed down,
+/// since the rayon workers doing the work do not see this thread's override.
+pub(crate) fn current() -> Isa {
+    FORCED.with(Cell::get).unwrap_or_else(isa)
+}
+
+/// Runs `f` with this crate's kernels at `level` for every op called on this thread inside it
+/// (forward and backward alike), whatever `LONGTAIL_ISA` says; the previous level comes back
+/// afterwards, also on panic. Ops started from another thread inside `f` (e.g. in
+/// `pool.install`) are not affected. For tests and benchmarks comparing levels in one process.
+///
+/// Errors with [`KernelError::IsaUnsupported`] when the CPU lacks `level`.
+pub fn with_isa<R>(level: Isa, f: impl FnOnce() -> R) -> Result<R, KernelError> {
+    let detected = Isa::detected();
+    if level > detected {
+        return Err(KernelError::IsaUnsupported {
+            asked: level.name(),
+            detected: detected.name(),
+        });
+    }
+    struct Restore(Option<Isa>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            FORCED.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(FORCED.with(|c| c.replace(Some(level))));
+    Ok(f())
+}
+
+/// Runs `f` compiled for `isa`: its body (inlined here, with the plain-Rust loops it calls) is
+/// code-generated once per level with `#[target_feature]`, so an `[f32; 16]` accumulator becomes
+/// one AVX-512 register, two AVX2 ones or four SSE2 ones. The operations and their order are the
+/// same on every level (Rust never fuses `a * b + c` into an FMA by itself), so results are
+/// bit-identical across levels. `f` must be small glue around `#[inline]` loops: what LLVM does
+/// not inline into the wrapper runs at baseline SSE2.
+#[inline(always)]
+pub(crate) fn dispatch<R>(isa: Isa, f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,avx512vl")]
+        unsafe fn avx512<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        match isa {
+            // SAFETY: every `Isa` reaching the kernels is at most `Isa::detected()` (`isa`,
+            // `with_isa` and `Isa::available` guarantee it), so the CPU has these features.
+            Isa::Avx512 => return unsafe { avx512(f) },
+            // SAFETY: as above.
+            Isa::Avx2 => return unsafe { avx2(f) },
+            Isa::Scalar => {}
+        }
+    }
+    let _ = isa;
+    f()
 }

@@ -17,6 +17,9 @@
 //! * [`add_relu`]: `max(a + b, 0)`.
 //! * [`max_pool2d`]: max pooling with padding and a gradient (candle's has none for kernel ≠
 //!   stride); [`max_pool2d_autograd`] is its device-generic form.
+//! * The backward passes autograd runs, callable directly (benchmarks, custom backward):
+//!   [`batch_norm_backward`], [`relu_backward`], [`max_pool2d_backward`].
+//! * [`with_isa`]: run ops at a chosen SIMD level on this thread (tests and benchmarks).
 //!
 //! Off the CPU or for another dtype every function falls back to candle's stock ops, so a CUDA
 //! model keeps candle's kernels. Second-order gradients are not supported: the backward
@@ -44,7 +47,7 @@ mod isa;
 mod pool;
 
 pub use error::{KernelError, Result};
-pub use isa::{isa, isa_from_env, Isa};
+pub use isa::{isa, isa_from_env, with_isa, Isa};
 pub use pool::max_pool2d_autograd;
 
 use candle_core::{CpuStorage, DType, Layout, Tensor};
@@ -66,8 +69,15 @@ fn cpu_slice<'a>(s: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a 
 ///
 /// Why: these ops overwrite their whole output, and `vec![0.0; len]` first zeroed it in a
 /// separate pass over every activation (memset was ~4 % of a ResNet-32 step once the allocator
-/// kept blocks in the heap, see [`tune_allocator`]).
-pub(crate) fn par_collect<F, I>(len: usize, chunk: usize, min_chunks: usize, values: F) -> Vec<f32>
+/// kept blocks in the heap, see [`tune_allocator`]). Each chunk's loop (with the iterator
+/// `values` returns, inlined) is compiled for `isa` through [`isa::dispatch`].
+pub(crate) fn par_collect<F, I>(
+    len: usize,
+    chunk: usize,
+    min_chunks: usize,
+    isa: Isa,
+    values: F,
+) -> Vec<f32>
 where
     F: Fn(usize) -> I + Sync + Send,
     I: ExactSizeIterator<Item = f32>,
@@ -80,16 +90,22 @@ where
             .with_min_len(min_chunks.max(1))
             .enumerate()
             .for_each(|(i, dst)| {
-                let src = values(i);
-                assert!(
-                    src.len() >= dst.len(),
-                    "par_collect: chunk {i} has {} values for {} slots",
-                    src.len(),
-                    dst.len()
-                );
-                for (d, x) in dst.iter_mut().zip(src) {
-                    d.write(x);
-                }
+                isa::dispatch(
+                    isa,
+                    #[inline(always)]
+                    || {
+                        let src = values(i);
+                        assert!(
+                            src.len() >= dst.len(),
+                            "par_collect: chunk {i} has {} values for {} slots",
+                            src.len(),
+                            dst.len()
+                        );
+                        for (d, x) in dst.iter_mut().zip(src) {
+                            d.write(x);
+                        }
+                    },
+                )
             });
     }
     // SAFETY: the chunks tile `[0, len)`, and each one was written in full above (the assert
@@ -469,6 +485,112 @@ pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     Ok(a.contiguous()?.apply_op2(&b.contiguous()?, bn::AddRelu)?)
 }
 
+/// Gradient through a ReLU given its output `y`: `dy·[y > 0]` (PyTorch's `threshold_backward`).
+/// What [`add_relu`]'s backward runs; public for benchmarks and custom backward passes.
+pub fn relu_backward(dy: &Tensor, y: &Tensor) -> Result<Tensor> {
+    const OP: &str = "relu_backward";
+    check_like(OP, "y", dy, y)?;
+    if dy.dims() != y.dims() {
+        return Err(KernelError::Shape {
+            op: OP,
+            arg: "y",
+            want: dy.dims().to_vec(),
+            got: y.dims().to_vec(),
+        });
+    }
+    if !fast(dy) {
+        return Ok((dy * y.gt(0.0)?.to_dtype(dy.dtype())?)?);
+    }
+    Ok(dy
+        .contiguous()?
+        .apply_op2_no_bwd(&y.contiguous()?, &bn::ReluMask)?)
+}
+
+/// Gradients of a batch norm given its output gradient `dy`: `(dx, dγ, dβ)`, the values
+/// `loss.backward()` gives through [`batch_norm_train`] (`train`) or [`batch_norm_eval`].
+/// `mean_var` is what normalised `x`: the batch statistics [`batch_norm_train`] returned, or the
+/// running ones; `relu_out` is the forward's output when it was fused with ReLU (the gradient is
+/// masked by `y > 0`), `None` otherwise. What the batch-norm backward runs; public for
+/// benchmarks and custom backward passes (no autograd graph).
+pub fn batch_norm_backward(
+    x: &Tensor,
+    relu_out: Option<&Tensor>,
+    dy: &Tensor,
+    gamma: &Tensor,
+    mean_var: (&Tensor, &Tensor),
+    eps: f64,
+    train: bool,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    const OP: &str = "batch_norm_backward";
+    let (mean, var) = mean_var;
+    check_bn(OP, x, gamma, gamma, eps)?;
+    check_channel_vec(OP, "mean", x, mean)?;
+    check_channel_vec(OP, "var", x, var)?;
+    for (arg, t) in [("dy", Some(dy)), ("relu_out", relu_out)] {
+        let Some(t) = t else { continue };
+        check_like(OP, arg, x, t)?;
+        if t.dims() != x.dims() {
+            return Err(KernelError::Shape {
+                op: OP,
+                arg,
+                want: x.dims().to_vec(),
+                got: t.dims().to_vec(),
+            });
+        }
+    }
+    let (n, c, s) = ncs(x);
+    if !fast(x) {
+        let g = match relu_out {
+            Some(y) => (dy * y.gt(0.0)?.to_dtype(dy.dtype())?)?,
+            None => dy.clone(),
+        }
+        .reshape((n, c, s))?;
+        let invstd = (var + eps)?.sqrt()?.recip()?.reshape((1, c, 1))?;
+        let xhat = x
+            .reshape((n, c, s))?
+            .broadcast_sub(&mean.reshape((1, c, 1))?)?
+            .broadcast_mul(&invstd)?;
+        let dbeta = g.sum((0, 2))?;
+        let dgamma = (&g * &xhat)?.sum((0, 2))?;
+        let a = gamma.reshape((1, c, 1))?.broadcast_mul(&invstd)?;
+        let g = if train {
+            let count = (n * s) as f64;
+            ((&g - (xhat.broadcast_mul(&dgamma.reshape((1, c, 1))?)? / count)?)?
+                .broadcast_sub(&(dbeta.reshape((1, c, 1))? / count)?))?
+        } else {
+            g
+        };
+        let dx = g.broadcast_mul(&a)?.reshape(x.shape())?;
+        return Ok((dx, dgamma, dbeta));
+    }
+    let mean = mean.to_vec1::<f32>()?;
+    let invstd = var
+        .to_vec1::<f32>()?
+        .iter()
+        .map(|&v| (1.0 / (v as f64 + eps).sqrt()) as f32)
+        .collect();
+    let op = bn::BatchNormBwd {
+        gamma: gamma.to_vec1::<f32>()?,
+        mean,
+        invstd,
+        relu: relu_out.is_some(),
+        batch_stats: train,
+        param_grads: OnceLock::new(),
+    };
+    // Without a ReLU the op does not read its second input: `dy` stands in for it.
+    let y = relu_out.unwrap_or(dy).contiguous()?;
+    let dx = x
+        .contiguous()?
+        .apply_op3_no_bwd(&y, &dy.contiguous()?, &op)?;
+    let (dg, db) = op
+        .param_grads
+        .into_inner()
+        .ok_or_else(|| candle_core::Error::Msg("batch_norm_backward: no sums".into()))?;
+    let dgamma = Tensor::from_vec(dg, c, x.device())?;
+    let dbeta = Tensor::from_vec(db, c, x.device())?;
+    Ok((dx, dgamma, dbeta))
+}
+
 /// Max pooling of `x (N, C, H, W)` over `kernel × kernel` windows every `stride`, with `padding`
 /// cells of −∞ on each side (PyTorch `F.max_pool2d(x, kernel, stride, padding)`, floor mode):
 /// `(N, C, Ho, Wo)`, `Ho = (H + 2·padding − kernel)/stride + 1`. The gradient goes to the first
@@ -477,19 +599,69 @@ pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// On CPU f32 a custom op (direct loops, parallel over planes); elsewhere
 /// [`max_pool2d_autograd`]. PyTorch's limit holds: `padding ≤ kernel / 2`.
 pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
-    const OP: &str = "max_pool2d";
-    check_rank(OP, "x", x, 4)?;
-    if kernel == 0 {
-        return Err(KernelError::Zero {
-            op: OP,
-            arg: "kernel",
+    check_pool("max_pool2d", x, kernel, stride, padding)?;
+    if !fast(x) {
+        return Ok(pool::max_pool2d_autograd(x, kernel, stride, padding)?);
+    }
+    let op = pool::MaxPool2d {
+        kernel,
+        stride,
+        padding,
+    };
+    Ok(x.contiguous()?.apply_op1(op)?)
+}
+
+/// Gradient of [`max_pool2d`] with respect to its input, given `dy (N, C, Ho, Wo)`: each window's
+/// gradient added at its first maximum. What [`max_pool2d`]'s backward runs; public for
+/// benchmarks and custom backward passes (no autograd graph). Off the CPU or for another dtype
+/// it is computed through [`max_pool2d_autograd`].
+pub fn max_pool2d_backward(
+    x: &Tensor,
+    dy: &Tensor,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
+    const OP: &str = "max_pool2d_backward";
+    check_pool(OP, x, kernel, stride, padding)?;
+    check_like(OP, "dy", x, dy)?;
+    let (n, c, h, w) = x.dims4()?;
+    let (ho, wo) = (
+        pool::pooled(h, kernel, stride, padding),
+        pool::pooled(w, kernel, stride, padding),
+    );
+    check_dy(OP, dy, [n, c, ho, wo])?;
+    if !fast(x) {
+        let xv = candle_core::Var::from_tensor(&x.detach())?;
+        let y = pool::max_pool2d_autograd(&xv, kernel, stride, padding)?;
+        let grads = (y * dy.detach())?.sum_all()?.backward()?;
+        let dx = grads.get(&xv).cloned();
+        return dx.ok_or_else(|| {
+            candle_core::Error::Msg("max_pool2d_backward: no gradient".into()).into()
         });
     }
+    let op = pool::MaxPool2dBwd(pool::MaxPool2d {
+        kernel,
+        stride,
+        padding,
+    });
+    Ok(x.contiguous()?.apply_op2_no_bwd(&dy.contiguous()?, &op)?)
+}
+
+/// Argument checks shared by [`max_pool2d`] and [`max_pool2d_backward`].
+fn check_pool(
+    op: &'static str,
+    x: &Tensor,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+) -> Result<()> {
+    check_rank(op, "x", x, 4)?;
+    if kernel == 0 {
+        return Err(KernelError::Zero { op, arg: "kernel" });
+    }
     if stride == 0 {
-        return Err(KernelError::Zero {
-            op: OP,
-            arg: "stride",
-        });
+        return Err(KernelError::Zero { op, arg: "stride" });
     }
     let (_, _, h, w) = x.dims4()?;
     if 2 * padding > kernel || h + 2 * padding < kernel || w + 2 * padding < kernel {
@@ -500,15 +672,7 @@ pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> R
             padding,
         });
     }
-    if !fast(x) {
-        return Ok(pool::max_pool2d_autograd(x, kernel, stride, padding)?);
-    }
-    let op = pool::MaxPool2d {
-        kernel,
-        stride,
-        padding,
-    };
-    Ok(x.contiguous()?.apply_op1(op)?)
+    Ok(())
 }
 
 /// Tunes glibc's `malloc` for training: large blocks (up to 32 MiB, glibc's ceiling) come from

@@ -12,6 +12,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor
 use rayon::prelude::*;
 
 use crate::cpu_slice;
+use crate::isa::{current, dispatch};
 
 /// Output size of a pooling window along one axis.
 pub(crate) fn pooled(size: usize, kernel: usize, stride: usize, padding: usize) -> usize {
@@ -29,6 +30,7 @@ pub(crate) struct MaxPool2d {
 impl MaxPool2d {
     /// Index (within the `h × w` plane) of the first maximum of output cell `(oy, ox)`:
     /// PyTorch's rule `v > max || isnan(v)` scanning the window row by row.
+    #[inline(always)]
     fn argmax(&self, plane: &[f32], h: usize, w: usize, oy: usize, ox: usize) -> usize {
         let y0 = (oy * self.stride) as isize - self.padding as isize;
         let x0 = (ox * self.stride) as isize - self.padding as isize;
@@ -74,15 +76,22 @@ impl CustomOp1 for MaxPool2d {
             pooled(h, self.kernel, self.stride, self.padding),
             pooled(w, self.kernel, self.stride, self.padding),
         );
+        let isa = current();
         let mut y = vec![0f32; n * c * oh * ow];
         y.par_chunks_mut(oh * ow)
             .zip(x.par_chunks(h * w))
             .for_each(|(out, plane)| {
-                for oy in 0..oh {
-                    for ox in 0..ow {
-                        out[oy * ow + ox] = plane[self.argmax(plane, h, w, oy, ox)];
-                    }
-                }
+                dispatch(
+                    isa,
+                    #[inline(always)]
+                    || {
+                        for oy in 0..oh {
+                            for ox in 0..ow {
+                                out[oy * ow + ox] = plane[self.argmax(plane, h, w, oy, ox)];
+                            }
+                        }
+                    },
+                )
             });
         Ok((CpuStorage::F32(y), Shape::from((n, c, oh, ow))))
     }
@@ -99,7 +108,7 @@ impl CustomOp1 for MaxPool2d {
 }
 
 /// `(x, dy) → dx`: each window's gradient added at the window's first maximum.
-struct MaxPool2dBwd(MaxPool2d);
+pub(crate) struct MaxPool2dBwd(pub(crate) MaxPool2d);
 
 impl CustomOp2 for MaxPool2dBwd {
     fn name(&self) -> &'static str {
@@ -117,15 +126,22 @@ impl CustomOp2 for MaxPool2dBwd {
         let g = cpu_slice(s2, l2)?;
         let (n, c, h, w) = MaxPool2d::dims(l1)?;
         let (_, _, oh, ow) = l2.shape().dims4()?;
+        let isa = current();
         let mut dx = vec![0f32; n * c * h * w];
         dx.par_chunks_mut(h * w)
             .zip(x.par_chunks(h * w).zip(g.par_chunks(oh * ow)))
             .for_each(|(d, (plane, gp))| {
-                for oy in 0..oh {
-                    for ox in 0..ow {
-                        d[self.0.argmax(plane, h, w, oy, ox)] += gp[oy * ow + ox];
-                    }
-                }
+                dispatch(
+                    isa,
+                    #[inline(always)]
+                    || {
+                        for oy in 0..oh {
+                            for ox in 0..ow {
+                                d[self.0.argmax(plane, h, w, oy, ox)] += gp[oy * ow + ox];
+                            }
+                        }
+                    },
+                )
             });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }

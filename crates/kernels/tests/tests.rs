@@ -3,8 +3,9 @@
 
 use candle_core::{DType, Device, Tensor, Var, D};
 use longtail_kernels::{
-    add_relu, batch_norm_eval, batch_norm_train, conv2d, conv2d_input_grad, conv2d_weight_grad,
-    update_running_stats, KernelError,
+    add_relu, batch_norm_backward, batch_norm_eval, batch_norm_train, conv2d, conv2d_input_grad,
+    conv2d_weight_grad, max_pool2d, max_pool2d_backward, relu_backward, update_running_stats,
+    with_isa, Isa, KernelError,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -770,5 +771,159 @@ fn max_pool_refuses_windows_pytorch_refuses() -> R<()> {
         longtail_kernels::max_pool2d(&x.flatten_all()?, 3, 2, 1),
         Err(KernelError::Rank { .. })
     ));
+    Ok(())
+}
+
+// ---------------------------------------------------------------- SIMD levels
+
+/// Bits of a tensor's values (so `-0.0` vs `0.0` and NaN payloads count as differences).
+fn bits(t: &Tensor) -> Vec<u32> {
+    let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    v.into_iter().map(f32::to_bits).collect()
+}
+
+/// Every non-convolution op of the crate, forward and backward (through autograd and through
+/// the public backward functions), on one input; labelled bit patterns.
+fn elementwise_ops(x: &Tensor, seed: u64) -> R<Vec<(String, Vec<u32>)>> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let c = x.dim(1)?;
+    let gamma = (rand_t(&mut rng, &[c]) + 1.5)?;
+    let beta = rand_t(&mut rng, &[c]);
+    let rm = (rand_t(&mut rng, &[c]) * 0.3)?;
+    let rv = (rand_t(&mut rng, &[c]) + 1.5)?;
+    let dy = rand_t(&mut rng, x.dims());
+    let other = rand_t(&mut rng, x.dims());
+    let mut out = vec![];
+    let mut push = |name: String, t: &Tensor| out.push((name, bits(t)));
+    for relu in [false, true] {
+        let (y, mean, var) = batch_norm_train(x, &gamma, &beta, 1e-5, relu)?;
+        push(format!("bn train relu={relu} y"), &y);
+        push(format!("bn train relu={relu} mean"), &mean);
+        push(format!("bn train relu={relu} var"), &var);
+        let ye = batch_norm_eval(x, &gamma, &beta, &rm, &rv, 1e-5, relu)?;
+        push(format!("bn eval relu={relu} y"), &ye);
+        for (train, y, (m, v)) in [(true, &y, (&mean, &var)), (false, &ye, (&rm, &rv))] {
+            let mask = relu.then_some(y);
+            let (dx, dg, db) = batch_norm_backward(x, mask, &dy, &gamma, (m, v), 1e-5, train)?;
+            push(format!("bn bwd train={train} relu={relu} dx"), &dx);
+            push(format!("bn bwd train={train} relu={relu} dgamma"), &dg);
+            push(format!("bn bwd train={train} relu={relu} dbeta"), &db);
+        }
+        // The same backward through autograd: `d sum(y·dy) / dy = dy` exactly.
+        let (xv, gv, bv) = (
+            Var::from_tensor(x)?,
+            Var::from_tensor(&gamma)?,
+            Var::from_tensor(&beta)?,
+        );
+        let (y, mean, var) = batch_norm_train(&xv, &gv, &bv, 1e-5, relu)?;
+        let grads = (&y * &dy)?.sum_all()?.backward()?;
+        let (dx, dg, db) = batch_norm_backward(
+            x,
+            relu.then_some(&y),
+            &dy,
+            &gamma,
+            (&mean, &var),
+            1e-5,
+            true,
+        )?;
+        assert_eq!(bits(grads.get(&xv).unwrap()), bits(&dx), "autograd dx");
+        assert_eq!(bits(grads.get(&gv).unwrap()), bits(&dg), "autograd dgamma");
+        assert_eq!(bits(grads.get(&bv).unwrap()), bits(&db), "autograd dbeta");
+    }
+    let y = add_relu(x, &other)?;
+    push("add+relu y".into(), &y);
+    push("relu bwd".into(), &relu_backward(&dy, &y)?);
+    let (av, ov) = (Var::from_tensor(x)?, Var::from_tensor(&other)?);
+    let grads = (add_relu(&av, &ov)? * &dy)?.sum_all()?.backward()?;
+    push("add+relu autograd da".into(), grads.get(&av).unwrap());
+    push("add+relu autograd db".into(), grads.get(&ov).unwrap());
+    // Quantised input: windows with tied maxima.
+    let xq = (x * 4.0)?.round()?;
+    for (k, st, p) in [(3, 2, 1), (2, 2, 0), (3, 1, 1)] {
+        let y = max_pool2d(&xq, k, st, p)?;
+        let gy = rand_t(&mut rng, y.dims());
+        push(format!("max pool {k}/{st}/{p} y"), &y);
+        let dx = max_pool2d_backward(&xq, &gy, k, st, p)?;
+        push(format!("max pool {k}/{st}/{p} dx"), &dx);
+        let xv = Var::from_tensor(&xq)?;
+        let grads = (max_pool2d(&xv, k, st, p)? * &gy)?.sum_all()?.backward()?;
+        assert_eq!(
+            bits(grads.get(&xv).unwrap()),
+            bits(&dx),
+            "max pool autograd dx"
+        );
+    }
+    Ok(out)
+}
+
+/// Batch norm (train and eval, with and without ReLU, forward and backward), add + ReLU and max
+/// pooling give the same bits at every SIMD level this CPU has as at `Isa::Scalar`: the loops
+/// are one Rust source compiled per level, and a level must not change a result.
+#[test]
+fn elementwise_ops_are_bit_identical_on_every_isa() -> R<()> {
+    let mut rng = ChaCha8Rng::seed_from_u64(1300);
+    // Planes of 256 and 64 values (whole 16-lane chunks), 49 and 81 (a tail), and batch 1.
+    for (i, shape) in [[4, 16, 16, 16], [3, 32, 8, 8], [5, 6, 7, 7], [1, 3, 9, 9]]
+        .into_iter()
+        .enumerate()
+    {
+        let x = (rand_t(&mut rng, &shape) * 2.0)?;
+        let want =
+            with_isa(Isa::Scalar, || elementwise_ops(&x, i as u64))?.map_err(|e| e.to_string())?;
+        for level in Isa::available() {
+            let got =
+                with_isa(level, || elementwise_ops(&x, i as u64))?.map_err(|e| e.to_string())?;
+            assert_eq!(got.len(), want.len());
+            for ((name, g), (_, w)) in got.iter().zip(&want) {
+                assert!(g == w, "{level} {shape:?} {name}: differs from scalar");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The public backward functions agree with candle's stock-op fallback (f64), and `with_isa`
+/// refuses a level the CPU lacks.
+#[test]
+fn backward_functions_match_the_f64_fallback() -> R<()> {
+    let mut rng = ChaCha8Rng::seed_from_u64(1400);
+    let x = (rand_t(&mut rng, &[3, 5, 6, 6]) * 2.0)?;
+    let gamma = (rand_t(&mut rng, &[5]) + 1.5)?;
+    let beta = rand_t(&mut rng, &[5]);
+    let dy = rand_t(&mut rng, x.dims());
+    let f64s = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
+    for (relu, train) in [(true, true), (false, true), (true, false), (false, false)] {
+        let (y, mean, var) = batch_norm_train(&x, &gamma, &beta, 1e-5, relu)?;
+        let mask = relu.then_some(&y);
+        let fast = batch_norm_backward(&x, mask, &dy, &gamma, (&mean, &var), 1e-5, train)?;
+        let y64 = f64s(&y);
+        let slow = batch_norm_backward(
+            &f64s(&x),
+            relu.then_some(&y64),
+            &f64s(&dy),
+            &f64s(&gamma),
+            (&f64s(&mean), &f64s(&var)),
+            1e-5,
+            train,
+        )?;
+        assert_eq!(slow.0.dtype(), DType::F64);
+        let what = format!("relu={relu} train={train}");
+        assert_close(&format!("{what} dx"), &f64s(&fast.0), &slow.0, 1e-4);
+        assert_close(&format!("{what} dgamma"), &f64s(&fast.1), &slow.1, 1e-4);
+        assert_close(&format!("{what} dbeta"), &f64s(&fast.2), &slow.2, 1e-4);
+    }
+    let y = add_relu(&x, &beta.reshape((1, 5, 1, 1))?.broadcast_as(x.shape())?)?;
+    let want = relu_backward(&f64s(&dy), &f64s(&y))?;
+    assert_close("relu bwd", &f64s(&relu_backward(&dy, &y)?), &want, 0.0);
+    let gy = rand_t(&mut rng, &[3, 5, 3, 3]);
+    let dx = max_pool2d_backward(&x, &gy, 3, 2, 1)?;
+    let dx64 = max_pool2d_backward(&f64s(&x), &f64s(&gy), 3, 2, 1)?;
+    assert_close("max pool bwd", &f64s(&dx), &dx64, 1e-6);
+    if Isa::detected() < Isa::Avx512 {
+        assert!(matches!(
+            with_isa(Isa::Avx512, || ()),
+            Err(KernelError::IsaUnsupported { .. })
+        ));
+    }
     Ok(())
 }
