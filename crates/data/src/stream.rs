@@ -396,7 +396,6 @@ struct HorizontalRgb<'a> {
 impl HorizontalRgb<'_> {
     /// Output pixel `j`, in scalar code: PIL's loop, the three channels at once.
     #[inline(always)]
-    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     fn pixel(&self, j: usize) -> [u8; 3] {
         let t = self.taps;
         let x = self.wx + j;
@@ -414,20 +413,8 @@ impl HorizontalRgb<'_> {
 
     /// The whole row in scalar code (any CPU).
     fn run(&self, out: &mut [u8]) {
-        let (t, row, wx, half) = (self.taps, self.row, self.wx, self.half);
         for (j, o) in out.chunks_exact_mut(3).enumerate() {
-            let (xmin, n) = t.bounds[wx + j];
-            let k = &t.weights[(wx + j) * t.ksize..(wx + j) * t.ksize + n];
-            let src = &row[xmin * 3..(xmin + n) * 3];
-            let (mut r, mut g, mut b) = (half, half, half);
-            for (p, &kx) in src.chunks_exact(3).zip(k) {
-                r += p[0] as i32 * kx;
-                g += p[1] as i32 * kx;
-                b += p[2] as i32 * kx;
-            }
-            o[0] = clip8(r);
-            o[1] = clip8(g);
-            o[2] = clip8(b);
+            o.copy_from_slice(&self.pixel(j));
         }
     }
 
@@ -1099,40 +1086,6 @@ mod tests {
             for &simd in &levels[1..] {
                 let got = resize_with(simd, &img, args.0, args.1, args.2, args.3);
                 assert!(got == want, "{simd:?} differs from scalar on {args:?}");
-            }
-        }
-    }
-
-    /// Timing of `pil_resize` at each [`Simd`] level on a typical RandomResizedCrop: a 500×375
-    /// RGB image, a 300×250 crop, 224² out; the horizontal pass alone (250 rows → 224 wide, no
-    /// vertical pass) and the whole resize, median of 2000 calls. `cargo test -p longtail-data
-    /// --release --lib -- --ignored --nocapture resize_timing`.
-    #[test]
-    #[ignore]
-    fn resize_timing() {
-        let mut rng = ChaCha8Rng::seed_from_u64(1);
-        let img: Vec<u8> = (0..375 * 500 * 3).map(|_| rng.random()).collect();
-        let median = |f: &dyn Fn() -> Vec<u8>| {
-            let mut ms: Vec<f64> = (0..2000)
-                .map(|_| {
-                    let t = std::time::Instant::now();
-                    std::hint::black_box(f());
-                    t.elapsed().as_secs_f64() * 1e3
-                })
-                .collect();
-            ms.sort_by(f64::total_cmp);
-            ms[ms.len() / 2]
-        };
-        let (dims, crop) = ((375, 500, 3), (60, 100, 250, 300));
-        // A first round warms the CPU and the allocator up (the 168 kB buffers cross glibc's
-        // initial mmap threshold); the second is printed.
-        let n = levels().len();
-        for (i, simd) in levels().into_iter().chain(levels()).enumerate() {
-            let hor = median(&|| resize_with(simd, &img, dims, crop, (250, 224), (0, 0, 250, 224)));
-            let both =
-                median(&|| resize_with(simd, &img, dims, crop, (224, 224), (0, 0, 224, 224)));
-            if i >= n {
-                println!("{simd:?}: pil_resize 300x250 -> 224x224: horizontal pass {hor:.4} ms, whole {both:.4} ms");
             }
         }
     }
