@@ -906,3 +906,54 @@ impl EpochProgress {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A resumed run rewrites `metrics.jsonl` from the parsed history, so parsing must give back
+    /// the very f64 that was written: 59.890590286254884 came back one ulp off from serde_json's
+    /// default float parser (a 2-rank resume test caught it), hence its `float_roundtrip` feature.
+    #[test]
+    fn history_survives_a_rewrite_bit_for_bit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(METRICS);
+        let losses = [
+            59.890590286254884,
+            0.1 + 0.2,
+            1.0 / 3.0,
+            2.2250738585072014e-308,
+            1e23,
+        ];
+        let history: Vec<EpochRecord> = losses
+            .iter()
+            .enumerate()
+            .map(|(i, &loss)| EpochRecord {
+                epoch: i + 1,
+                loss,
+                accuracy: loss / 7.0,
+                val_accuracy: None,
+                test_accuracy: 2.0 / 3.0,
+                many_shot_acc: Some(1.0 / 7.0),
+                medium_shot_acc: None,
+                few_shot_acc: Some(0.0),
+                lr: 0.1 * 0.1,
+            })
+            .collect();
+        rewrite_history(&path, &history).unwrap();
+        let first = std::fs::read_to_string(&path).unwrap();
+        let back = read_history(&path).unwrap();
+        for (a, b) in history.iter().zip(&back) {
+            assert_eq!(
+                a.loss.to_bits(),
+                b.loss.to_bits(),
+                "{} read back as {}",
+                a.loss,
+                b.loss
+            );
+            assert_eq!(a.accuracy.to_bits(), b.accuracy.to_bits());
+        }
+        rewrite_history(&path, &back).unwrap();
+        assert_eq!(first, std::fs::read_to_string(&path).unwrap());
+    }
+}
