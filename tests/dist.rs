@@ -9,11 +9,9 @@ use util::{longtail, stderr, stdout, tiny_config};
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Tensor};
-use longtail::backbone::ops::{set_sync_batch_norm, RankSum};
 use longtail::train::dist::Backend;
 use longtail::train::{all_reduce_grads, trainable_vars, Communicator};
 
@@ -213,10 +211,8 @@ fn rank_side_of_the_gradient_test() {
     // activation within rounding of zero, on the other side of a ReLU, moves a weight gradient
     // by ~1e-4 (seen when the kernels' per-plane sums went from 8 to 16 lanes).
     let reference = {
-        let previous = set_sync_batch_norm(Some(Rc::new(OneRank)));
-        let g = grads(&x, &y, true);
-        set_sync_batch_norm(previous);
-        g
+        let _sync = longtail::train::SyncBatchNorm::enable(&Communicator::local());
+        grads(&x, &y, true)
     };
     let synced = {
         let _sync = longtail::train::SyncBatchNorm::enable(&comm);
@@ -230,15 +226,6 @@ fn rank_side_of_the_gradient_test() {
     );
     println!("rank {rank} of {world}: sync-BN train-mode gradients equal (max diff {d:e})");
     comm.barrier().unwrap();
-}
-
-/// The sum over the ranks of a job of one process: the tensor itself.
-struct OneRank;
-
-impl RankSum for OneRank {
-    fn sum_over_ranks(&self, t: &Tensor) -> candle_core::Result<Tensor> {
-        Ok(t.clone())
-    }
 }
 
 /// A 2-rank run killed mid-training (every rank, SIGKILL) and resumed on 2 ranks ends with
