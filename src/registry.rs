@@ -78,7 +78,7 @@ pub const IMAGE_LIST: &str = "image-list";
 ///
 /// `<method>.image-list[.variant]` is derived from `<method>.imagenet-lt[.variant]`: the same
 /// model and recipe (resized crops, streamed) on an image-list directory; its classifier size
-/// comes from the lists when the run reads them ([`size_to_image_lists`]). The distillation
+/// comes from the lists when the run reads them ([`size_to_lists`]). The distillation
 /// student has none (its teacher path names an ImageNet-LT run).
 pub fn preset(name: &str) -> Result<RunConfig> {
     let all = presets();
@@ -111,12 +111,23 @@ pub fn preset(name: &str) -> Result<RunConfig> {
     }
 }
 
-/// Sizes the classifier of an `image-list` config to its lists (one more than their largest
-/// label, reading only the list files); other configs are left alone.
-pub fn size_to_image_lists(cfg: &mut RunConfig) -> Result<()> {
-    if let (IMAGE_LIST, Some(dir)) = (cfg.data.dataset.as_str(), &cfg.data.data_dir) {
+/// Sizes the classifier of a list-reading recipe to its lists (one more than their largest
+/// label, reading only the list files): an `image-list` config always, a streamed benchmark's
+/// (`imagenet-lt`, `inat2018`, `places-lt`) too, so that a subset of the benchmark (a few of
+/// ImageNet-LT's classes, a tree made by `longtail data --make-tree`) trains as it is, with the
+/// data loader's one warning line; the full lists give the benchmark's count. Other configs, and
+/// those without a data directory, are left alone.
+pub fn size_to_lists(cfg: &mut RunConfig) -> Result<()> {
+    let Some(dir) = &cfg.data.data_dir else {
+        return Ok(());
+    };
+    let name: longtail_data::DatasetName = cfg.data.dataset.parse()?;
+    if name == longtail_data::DatasetName::ImageList {
         cfg.model.num_classes = longtail_data::image_list_classes(dir)
             .with_context(|| format!("reading the image lists of {}", dir.display()))?;
+    } else if name.is_streamed() {
+        cfg.model.num_classes = longtail_data::benchmark_list_classes(name, dir, cfg.data.val_list)
+            .with_context(|| format!("reading the {name} lists of {}", dir.display()))?;
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! `longtail train` on a streamed benchmark: a tiny JPEG tree in the official ImageNet-LT layout
-//! (4 classes, images of several sizes), the `ride.imagenet-lt` preset with a ResNet-50 trunk
-//! and 64² crops. It trains, resumes after a kill to the same weights, and writes per_class.csv.
+//! (4 classes, images of several sizes). The `ride.imagenet-lt` preset itself trains on it with
+//! its classifier sized from the lists; a config of it with a ResNet-50 trunk and 64² crops
+//! trains, resumes after a kill to the same weights, and writes per_class.csv.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -66,16 +67,52 @@ fn imagenet_lt_trains_resumes_and_writes_per_class_accuracy() {
     let cfg = setup(dir.path());
     let cfg = cfg.to_str().unwrap();
 
-    // The preset's 1000-class model does not fit the 4-class lists: a clear error, nothing run.
+    // The preset itself, on the 4-class subset: its classifier is sized from the lists (the
+    // real ResNeXt-50 RIDE-3 model, one epoch of 64² crops).
     let root = dir.path().join("ImageNet_LT");
     let o = longtail(
         dir.path(),
         &[
             "train",
-            "--dataset",
-            "imagenet-lt",
+            "--preset",
+            "ride.imagenet-lt",
             "--data-dir",
             root.to_str().unwrap(),
+            "--image-size",
+            "64",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "6",
+            "--out",
+            "preset",
+            "--quiet",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let saved: toml::Table =
+        toml::from_str(&std::fs::read_to_string(dir.path().join("preset/config.toml")).unwrap())
+            .unwrap();
+    assert_eq!(saved["model"]["num_classes"].as_integer(), Some(4));
+    assert_eq!(saved["model"]["arch"].as_str(), Some("resnext50"));
+    let csv = std::fs::read_to_string(dir.path().join("preset/per_class.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 5, "{csv}");
+
+    // A config file says its own class count: 1000 against the 4-class lists is a clear error,
+    // and nothing is run.
+    let mut wrong: toml::Table = toml::from_str(&std::fs::read_to_string(cfg).unwrap()).unwrap();
+    wrong["model"]
+        .as_table_mut()
+        .unwrap()
+        .insert("num_classes".into(), 1000.into());
+    let wrong_path = dir.path().join("wrong.toml");
+    std::fs::write(&wrong_path, toml::to_string(&wrong).unwrap()).unwrap();
+    let o = longtail(
+        dir.path(),
+        &[
+            "train",
+            "--config",
+            wrong_path.to_str().unwrap(),
             "--out",
             "wrong",
         ],

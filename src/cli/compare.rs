@@ -305,6 +305,10 @@ pub fn run(args: Args) -> Result<()> {
         if let Some(d) = &args.data_dir {
             e.config.data.data_dir = Some(d.clone());
         }
+        if !t.split('+').next().unwrap_or(t).ends_with(".toml") {
+            // A preset that reads lists takes its class count from them, as in `train`.
+            registry::size_to_lists(&mut e.config).with_context(|| format!("entry `{t}`"))?;
+        }
         if let Some(n) = args.epochs {
             e.config.optim.epochs = n;
         }

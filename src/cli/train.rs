@@ -133,8 +133,9 @@ pub fn resolve(args: &Args) -> Result<RunConfig> {
         cfg.data.data_dir = Some(d.clone());
     }
     if args.config.is_none() {
-        // A recipe for your own lists takes its class count from them (a config file says its own).
-        longtail::registry::size_to_image_lists(&mut cfg)?;
+        // A recipe that reads lists (your own, or a benchmark's, perhaps a subset of it) takes
+        // its class count from them; a config file says its own.
+        longtail::registry::size_to_lists(&mut cfg)?;
     }
     args.recipe.apply(&mut cfg);
     if let Some(t) = &args.teacher {

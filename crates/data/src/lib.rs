@@ -49,8 +49,8 @@ pub use dataset::{Dataset, ImageFiles};
 pub use error::{DataError, Result};
 pub use label_shift::{label_shift, TestDist};
 pub use load::{
-    image_list_classes, ldam_long_tail, load_benchmark, load_image_lists_streamed, load_splits,
-    DataSpec, DatasetName, Splits, StreamOptions,
+    benchmark_list_classes, image_list_classes, ldam_long_tail, load_benchmark,
+    load_image_lists_streamed, load_splits, DataSpec, DatasetName, Splits, StreamOptions,
 };
 pub use longtail_metrics::{shot_groups, Shot, ShotRule};
 pub use mt19937::Mt19937;

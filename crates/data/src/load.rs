@@ -368,6 +368,30 @@ fn lists_classes(lists: &[&ImageList]) -> usize {
 /// are the lists' own. Accuracies, shot groups and per-class results are the same up to the
 /// naming of the classes (docs/sade.md).
 pub fn load_benchmark(name: DatasetName, root: &Path, opts: StreamOptions) -> Result<Splits> {
+    let (train, test, val) = benchmark_lists(name, root, opts.val_list)?;
+    streamed_splits(name, &train, &test, val.as_ref(), opts.side)
+}
+
+/// The class count [`load_benchmark`] finds in a benchmark's lists (one more than the largest
+/// label of the lists it reads), reading only the list files: what a benchmark preset sizes its
+/// classifier by, so that a subset of the benchmark trains as it is.
+pub fn benchmark_list_classes(name: DatasetName, root: &Path, val_list: bool) -> Result<usize> {
+    let (train, test, val) = benchmark_lists(name, root, val_list)?;
+    Ok(lists_classes(
+        &[&train, &test]
+            .into_iter()
+            .chain(val.as_ref())
+            .collect::<Vec<_>>(),
+    ))
+}
+
+/// A benchmark's official `(train, test, validation)` lists under `root`; the validation list
+/// only when asked for and the benchmark has one.
+fn benchmark_lists(
+    name: DatasetName,
+    root: &Path,
+    val_list: bool,
+) -> Result<(ImageList, ImageList, Option<ImageList>)> {
     let Some((train, test, val)) = name.official_lists() else {
         return Err(DataError::BadParameter {
             name: "streamed data set",
@@ -391,11 +415,11 @@ pub fn load_benchmark(name: DatasetName, root: &Path, opts: StreamOptions) -> Re
     };
     let train = read(train)?;
     let test = read(test)?;
-    let val = match (opts.val_list, val) {
+    let val = match (val_list, val) {
         (true, Some(v)) => Some(read(v)?),
         _ => None,
     };
-    streamed_splits(name, &train, &test, val.as_ref(), opts.side)
+    Ok((train, test, val))
 }
 
 fn streamed_splits(
