@@ -59,6 +59,13 @@ impl Conv {
         })
     }
 
+    fn detached(&self) -> Self {
+        Self {
+            weight: self.weight.detach(),
+            ..self.clone()
+        }
+    }
+
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         ops::conv2d(
             self.kernels,
@@ -135,6 +142,16 @@ impl BasicBlock {
         })
     }
 
+    fn detached(&self) -> Result<Self> {
+        Ok(Self {
+            conv1: self.conv1.detached(),
+            bn1: self.bn1.detached()?,
+            conv2: self.conv2.detached(),
+            bn2: self.bn2.detached()?,
+            ..*self
+        })
+    }
+
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let y = self.bn1.forward_relu_t(&self.conv1.forward(x)?, train)?;
         let y = self.bn2.forward_t(&self.conv2.forward(&y)?, train)?;
@@ -202,6 +219,22 @@ impl Bottleneck {
         })
     }
 
+    fn detached(&self) -> Result<Self> {
+        Ok(Self {
+            conv1: self.conv1.detached(),
+            bn1: self.bn1.detached()?,
+            conv2: self.conv2.detached(),
+            bn2: self.bn2.detached()?,
+            conv3: self.conv3.detached(),
+            bn3: self.bn3.detached()?,
+            downsample: match &self.downsample {
+                Some((conv, bn)) => Some((conv.detached(), bn.detached()?)),
+                None => None,
+            },
+            kernels: self.kernels,
+        })
+    }
+
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let y = self.bn1.forward_relu_t(&self.conv1.forward(x)?, train)?;
         let y = self.bn2.forward_relu_t(&self.conv2.forward(&y)?, train)?;
@@ -261,6 +294,21 @@ impl Stage {
         Ok(Self { blocks })
     }
 
+    /// The same stage on detached weights ([`crate::MultiExpert::detached`]).
+    pub(crate) fn detached(&self) -> Result<Self> {
+        let blocks = self
+            .blocks
+            .iter()
+            .map(|b| {
+                Ok(match b {
+                    Block::Basic(b) => Block::Basic(Box::new(b.detached()?)),
+                    Block::Bottleneck(b) => Block::Bottleneck(Box::new(b.detached()?)),
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self { blocks })
+    }
+
     pub(crate) fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let mut x = x.clone();
         for block in &self.blocks {
@@ -309,6 +357,14 @@ impl Stem {
             bn1: BatchNorm2d::new(width, vb.pp("bn1"), cfg.kernels)?,
             max_pool: !cfg.arch.is_cifar(),
             kernels: cfg.kernels,
+        })
+    }
+
+    pub(crate) fn detached(&self) -> Result<Self> {
+        Ok(Self {
+            conv1: self.conv1.detached(),
+            bn1: self.bn1.detached()?,
+            ..*self
         })
     }
 
@@ -376,6 +432,19 @@ impl Classifier {
                 },
             )?;
             Ok(Self::Linear(candle_nn::Linear::new(weight, Some(bias))))
+        }
+    }
+
+    pub(crate) fn detached(&self) -> Self {
+        match self {
+            Self::Normed { weight, scale } => Self::Normed {
+                weight: weight.detach(),
+                scale: *scale,
+            },
+            Self::Linear(l) => Self::Linear(candle_nn::Linear::new(
+                l.weight().detach(),
+                l.bias().map(Tensor::detach),
+            )),
         }
     }
 

@@ -115,6 +115,40 @@ impl MultiExpert {
         Ok((varmap, model))
     }
 
+    /// The same network on detached copies of its weights (sharing their storage), for
+    /// inference: its outputs build no autograd graph, so each layer's activations are freed as
+    /// soon as the next layer has used them, as under PyTorch's `torch.no_grad()`. The network
+    /// itself keeps every op of a forward pass alive until the output is dropped (its weights
+    /// are Vars): a ResNeXt-50 RIDE-3 evaluation of 50 images at 224² peaked at 9.2 GB that way.
+    /// Loading into or training the original's VarMap reaches the copy too (shared storage;
+    /// the BN running statistics are the same Vars). Gradients with respect to the input still
+    /// flow; the weights get none.
+    pub fn detached(&self) -> Result<Self> {
+        Ok(Self {
+            cfg: self.cfg.clone(),
+            stem: self.stem.detached()?,
+            shared: self
+                .shared
+                .iter()
+                .map(Stage::detached)
+                .collect::<candle_core::Result<_>>()?,
+            experts: self
+                .experts
+                .iter()
+                .map(|e| {
+                    Ok(Expert {
+                        stages: e
+                            .stages
+                            .iter()
+                            .map(Stage::detached)
+                            .collect::<candle_core::Result<_>>()?,
+                        head: e.head.detached(),
+                    })
+                })
+                .collect::<Result<_>>()?,
+        })
+    }
+
     /// The (checked) config the network was built from.
     pub fn config(&self) -> &BackboneConfig {
         &self.cfg

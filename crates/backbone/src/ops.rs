@@ -155,6 +155,32 @@ impl BatchNorm2d {
         })
     }
 
+    /// The same layer with detached γ and β, for inference ([`crate::MultiExpert::detached`]):
+    /// its outputs keep no autograd graph. The running statistics stay the layer's own Vars
+    /// (they never get a gradient; eval mode reads them detached).
+    pub fn detached(&self) -> Result<Self> {
+        let (weight, bias) = (self.weight.detach(), self.bias.detach());
+        let stock = candle_nn::BatchNorm::new_with_momentum(
+            weight.dim(0)?,
+            self.running_mean.as_tensor().detach(),
+            self.running_var.as_tensor().detach(),
+            weight.clone(),
+            bias.clone(),
+            self.eps,
+            self.momentum,
+        )?;
+        Ok(Self {
+            weight,
+            bias,
+            running_mean: self.running_mean.clone(),
+            running_var: self.running_var.clone(),
+            eps: self.eps,
+            momentum: self.momentum,
+            kernels: self.kernels,
+            stock,
+        })
+    }
+
     /// Normalises `x` `[B, C, H, W]`; `train` selects batch statistics (and updates the running ones).
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         if let (true, Some(ranks)) = (train, sync_batch_norm()) {
@@ -185,8 +211,8 @@ impl BatchNorm2d {
                 x,
                 &self.weight,
                 &self.bias,
-                self.running_mean.as_tensor(),
-                self.running_var.as_tensor(),
+                &self.running_mean.as_tensor().detach(),
+                &self.running_var.as_tensor().detach(),
                 self.eps,
                 relu,
             )?);

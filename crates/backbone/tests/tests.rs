@@ -509,6 +509,63 @@ fn gradients_reach_every_trainable_var() -> TestResult {
     Ok(())
 }
 
+/// `detached()` is the same network for inference: bit-identical eval outputs that build no
+/// autograd graph (the original's do: its weights are Vars), on the weights it shares with the
+/// original's VarMap; input gradients still flow. ResNet-32 (CIFAR blocks, cosine heads) and
+/// a ResNet-50 with linear heads (bottlenecks, downsample, max-pool stem), both kernel paths.
+#[test]
+fn detached_network_is_the_same_function_without_a_graph() -> TestResult {
+    let imagenet = BackboneConfig {
+        blocks_per_stage: Some(Blocks::Uniform(1)),
+        widths: Some(vec![8, 8, 8, 8]),
+        use_norm: false,
+        ..BackboneConfig::new(Arch::Resnet50, Layout::SharedLayer3, 3, 5)
+    };
+    for (cfg, side) in [(tiny_cfg(Layout::SharedLayer1), 8), (imagenet, 32)] {
+        for kernels in [Kernels::Fast, Kernels::Stock] {
+            let cfg = BackboneConfig {
+                kernels,
+                ..cfg.clone()
+            };
+            let (varmap, net) = MultiExpert::seeded(&cfg, 4, &Device::Cpu)?;
+            // Non-trivial running statistics, through the original's train-mode passes.
+            net.forward_t(&randn(&[4, 3, side, side], 9), true)?;
+            let frozen = net.detached()?;
+            let xs = randn(&[3, 3, side, side], 2);
+            let (a, b) = (net.forward_t(&xs, false)?, frozen.forward_t(&xs, false)?);
+            assert!(a.expert_logits.track_op(), "{kernels:?}");
+            assert!(!b.expert_logits.track_op() && !b.features.track_op());
+            assert_eq!(
+                a.expert_logits.flatten_all()?.to_vec1::<f32>()?,
+                b.expert_logits.flatten_all()?.to_vec1::<f32>()?,
+                "{kernels:?}"
+            );
+            // Shared storage: a change to the VarMap (a load, an SGD step) reaches the copy.
+            let data = varmap.data().lock().unwrap();
+            let w = &data["backbone.conv1.weight"];
+            w.set(&(w.as_tensor() * 0.5)?)?;
+            drop(data);
+            let (a, b) = (net.forward_t(&xs, false)?, frozen.forward_t(&xs, false)?);
+            assert_eq!(
+                a.logits.flatten_all()?.to_vec1::<f32>()?,
+                b.logits.flatten_all()?.to_vec1::<f32>()?
+            );
+            // Gradients reach an input Var, none of the weights.
+            let x = candle_core::Var::from_tensor(&xs)?;
+            let grads = frozen
+                .forward_t(x.as_tensor(), false)?
+                .logits
+                .sum_all()?
+                .backward()?;
+            assert!(grads.get(x.as_tensor()).is_some());
+            for (name, var) in trainable_vars(&varmap) {
+                assert!(grads.get(var.as_tensor()).is_none(), "{name}");
+            }
+        }
+    }
+    Ok(())
+}
+
 /// docs/ride.md §4 (ResNet-32 shared 24.04 M, reduced expert 25.44 M, RIDE-3 100.36 M) and docs/candle.md
 /// §5.1 (plain ResNet-32 with FC 64→100: 68,868,352).
 #[test]

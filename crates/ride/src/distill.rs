@@ -274,8 +274,10 @@ impl Teacher {
     /// `device`.
     pub fn load(student: &RunConfig, device: &Device) -> Result<Teacher, RideError> {
         let file = check_teacher(student)?.ok_or(RideError::NotDistilling)?;
-        let run = load_run(&file, device)?;
+        let mut run = load_run(&file, device)?;
         check_fits_student(&file, &run.config, student)?;
+        // Frozen: no autograd graph is kept through the teacher's forward passes.
+        run.model = run.model.detached()?;
         Ok(Teacher { run, file })
     }
 

@@ -102,6 +102,8 @@ pub fn train_router(
         ));
     }
     let cfg = router_config(model, train, transform, recipe, device)?;
+    // The backbone is frozen: its forward passes keep no autograd graph.
+    let model = &model.detached()?;
     let (varmap, router) = ExpertRouter::seeded(&cfg, recipe.seed, device)?;
     let params: Vec<(String, candle_core::Var)> = {
         let data = varmap.data().lock().expect("varmap lock");
@@ -267,6 +269,7 @@ pub fn evaluate_routed(
 ) -> Result<RoutedEvaluation> {
     let e = model.config().num_experts;
     let c = model.config().num_classes;
+    let model = &model.detached()?;
     let batcher = Batcher::new(
         Arc::clone(test),
         SamplerKind::Sequential,

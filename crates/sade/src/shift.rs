@@ -135,7 +135,8 @@ pub struct ShiftResult {
 
 /// Evaluates one model under any number of test distributions.
 pub struct ShiftEvaluator<'a> {
-    model: &'a MultiExpert,
+    /// The model on detached weights (no autograd graph through the many view passes).
+    model: MultiExpert,
     test: &'a Dataset,
     train_counts: &'a [usize],
     shots: &'a [Shot],
@@ -182,7 +183,7 @@ impl<'a> ShiftEvaluator<'a> {
         let (n, e, c) = (ev.labels.len(), ev.num_experts, ev.num_classes);
         let clean = experts_first(&Tensor::from_vec(ev.expert_logits, (n, e, c), device)?)?;
         Ok(Self {
-            model,
+            model: model.detached()?,
             test,
             train_counts,
             shots,

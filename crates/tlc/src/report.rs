@@ -328,6 +328,7 @@ pub fn forward_dataset(
     batch_size: usize,
     device: &Device,
 ) -> Result<Forwarded> {
+    let model = model.detached()?;
     let batcher = Batcher::new(
         Arc::clone(data),
         SamplerKind::Sequential,
@@ -468,6 +469,7 @@ pub fn early_exit_curve(
             "early-exit threshold {t} must be finite and >= 0"
         )));
     }
+    let model = &model.detached()?;
     let mut thresholds = thresholds.to_vec();
     thresholds.sort_by(f64::total_cmp);
     thresholds.dedup();

@@ -211,9 +211,11 @@ pub fn measure(
     }
     let train_peak_mib = if rss { peak_rss_mib() } else { None };
     let mut evals = vec![];
+    // As `evaluate` runs it (and PyTorch under `no_grad`): on detached weights, no graph kept.
+    let frozen = net.detached()?;
     for _ in 0..settings.eval_reps.max(1) {
         let t0 = Instant::now();
-        let out = net.forward_t(&x, false)?;
+        let out = frozen.forward_t(&x, false)?;
         out.logits
             .to_dtype(DType::F32)?
             .sum_all()?

@@ -93,6 +93,7 @@ pub fn evaluate_on(
         return evaluate_with(model, predict, data, transform, batch_size, shots, device);
     }
     let start = Instant::now();
+    let model = model.detached()?;
     let (w, n) = (comm.world_size(), data.len());
     let batcher = Batcher::sharded(
         Arc::clone(data),
@@ -162,6 +163,8 @@ pub fn evaluate_with(
     device: &Device,
 ) -> Result<Evaluation, TrainError> {
     let start = Instant::now();
+    // Inference on detached weights: each batch's activations are freed layer by layer.
+    let model = model.detached()?;
     let batcher = Batcher::new(
         Arc::clone(data),
         SamplerKind::Sequential,
