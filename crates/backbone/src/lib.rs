@@ -24,7 +24,8 @@
 //! let cfg = BackboneConfig { blocks_per_stage: Some(Blocks::Uniform(1)), ..BackboneConfig::ride_cifar(3, 10) };
 //! let (_varmap, net) = MultiExpert::seeded(&cfg, 7, &Device::Cpu)?;
 //! let xs = Tensor::zeros((2, 3, 16, 16), candle_core::DType::F32, &Device::Cpu)?;
-//! let out = net.forward_t(&xs, false)?;
+//! // Inference on detached weights: no autograd graph is kept (candle has no `no_grad`).
+//! let out = net.detached()?.forward_t(&xs, false)?;
 //! assert_eq!(out.expert_logits.dims(), &[2, 3, 10]);
 //! assert_eq!(out.features.dims(), &[2, 3, 48]);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
