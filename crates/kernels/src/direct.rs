@@ -6,20 +6,32 @@
 //! `n = C_out = 16…64`, too narrow for `gemm`'s blocking. These layers are most of a CIFAR
 //! ResNet's work (and, through the stride-1 input gradient, of its backward pass too).
 //!
-//! # Layout: the padded flat plane
+//! # Layout: three shifted copies of each input plane
 //!
-//! Each input plane is copied once into a zero-padded plane `(H + 2) × WP` with `WP = W + 2`
-//! and read as one flat vector. Output `(oh, ow)` has flat index `q = oh·WP + ow`, and its tap
-//! `(kh, kw)` reads padded input `q + kh·WP + kw`: a fixed shift per tap. So the convolution is
-//! nine shifted, contiguous multiply-adds over `q`, with no im2col matrix and no packing; the two
-//! columns per row with `ow ≥ W` are computed and dropped (6 % extra work at W = 32, 20 % at 8).
+//! Output `(oh, ow)` has flat index `q = oh·W + ow`: the NCHW layout itself. Its tap `(kh, kw)`
+//! reads input `(oh + kh − 1, ow + kw − 1)`, which in a plane with one zero row above and below
+//! (and one zero float in front) lies at `q + kh·W + kw`: a fixed shift per tap, so the
+//! convolution is nine shifted, contiguous multiply-adds over `q`, with no im2col matrix and no
+//! packing. Only the side borders break the shift: tap `kw = 0` at `ow = 0` would read the
+//! previous row's last pixel, and tap `kw = 2` at `ow = W − 1` the next row's first. So each
+//! input plane is copied three times, once per kernel column: for `kw = 0` with its last column
+//! zeroed, for `kw = 1` as it is, for `kw = 2` with its first column zeroed; each zeroed column
+//! is read only by the taps that must see zeros there.
+//!
+//! Every computed position is an output pixel (up to the last tile of a plane), so the forward
+//! stores straight into the output tensor. (The layout before padded each row to `W + 2` and
+//! computed two dropped columns per row: 6 % extra work at W = 32, 25 % at W = 8, plus a copy
+//! of every output; kernels README, run 7.)
 //!
 //! * Forward: a register tile of `CO` output channels × `NV` vectors of `q`; per input channel
 //!   and tap, `NV` unaligned loads of the input and `CO` broadcast weights feed `CO·NV` FMAs
 //!   (AVX-512: 8 × 3 × 16 lanes in 24 of its 32 registers; AVX2: 4 × 3 × 8 lanes in 12 of 16).
-//! * Weight gradient: `dW[co, ci, kh, kw] = Σ_q dy[co, q] · x[ci, q + kh·WP + kw]` with `dy`
-//!   zero in the dropped columns; a tile of `CO` output channels × the 3 `kw` taps for one
-//!   `(ci, kh)`, summed over `q` in vector lanes, then across lanes in a fixed order.
+//! * Weight gradient: `dW[co, ci, kh, kw] = Σ_q dy[co, q] · x[ci, q + shift(kh, kw)]` with `dy`
+//!   copied into aligned planes that are zero where no output pixel is; a tile of `CO` output
+//!   channels × the 3 `kw` taps for one `(ci, kh)`, summed over `q` in vector lanes, then across
+//!   lanes in a fixed order. It reads a new cache line of `dy` per channel and step, and of `x`
+//!   per stream, so the three copies' three streams cost more than dropped columns do on long
+//!   rows: for `W ≥ 16` it uses a single copy with rows padded to `W + 2` instead ([`DwPlanes`]).
 //!
 //! Images go over rayon threads (each kernel single-threaded); the weight gradient is summed in
 //! the same fixed chunks of images as the im2col path, so results do not depend on the thread
@@ -57,6 +69,11 @@ struct Tiling {
     nv: usize,
 }
 
+/// The most floats one forward tile covers (AVX-512: 3 vectors of 16 lanes), and its most
+/// output channels: the size of the stack buffer for a plane's last, partial tile.
+const MAX_TILE: usize = 48;
+const MAX_CO: usize = 8;
+
 impl Tiling {
     fn of(isa: Isa, g: &Geom) -> Tiling {
         let (lanes, co) = match isa {
@@ -64,42 +81,124 @@ impl Tiling {
             _ => (8, 4),
         };
         // The vectors per tile that waste the fewest computed positions (ties: more vectors).
-        let hwp = g.h * (g.w + 2);
+        let hw = g.h * g.w;
         let nv = (1..=3)
             .rev()
-            .min_by_key(|&nv| hwp.div_ceil(lanes * nv) * lanes * nv)
+            .min_by_key(|&nv| hw.div_ceil(lanes * nv) * lanes * nv)
             .unwrap_or(1);
+        debug_assert!(lanes * nv <= MAX_TILE && co <= MAX_CO);
         Tiling { lanes, co, nv }
     }
 }
 
-/// Sizes of the padded flat planes of one convolution.
+/// Sizes of the planes of one convolution.
 #[derive(Clone, Copy)]
 struct Planes {
-    /// Padded row length `W + 2`.
-    wp: usize,
-    /// Computed positions per output plane: `H·WP` rounded up to whole tiles.
-    nq: usize,
-    /// Floats per padded input plane: every load of the last tile stays inside it.
+    /// Row length `W`: the shift between kernel rows.
+    w: usize,
+    /// Pixels per plane `H·W`.
+    hw: usize,
+    /// Floats per `dy` plane of the weight gradient: `H·W` rounded up to whole cache lines (a
+    /// whole number of vectors for either level; zeros past `H·W`).
+    dq: usize,
+    /// Floats per copy of an input plane: every load of the last tile (forward) and of the
+    /// last vector (weight gradient) stays inside it.
     ps: usize,
 }
 
 impl Planes {
     fn of(g: &Geom, t: Tiling) -> Planes {
-        let wp = g.w + 2;
-        let nq = (g.h * wp).div_ceil(t.lanes * t.nv) * t.lanes * t.nv;
+        let hw = g.h * g.w;
+        // Computed positions per output plane: `H·W` rounded up to whole tiles.
+        let nq = hw.div_ceil(t.lanes * t.nv) * t.lanes * t.nv;
+        let dq = hw.next_multiple_of(16);
         Planes {
-            wp,
-            nq,
-            // Whole cache lines, so every plane of an aligned buffer starts on one.
-            ps: (nq + 2 * wp + 2).next_multiple_of(16),
+            w: g.w,
+            hw,
+            dq,
+            // Loads reach position `max(nq, dq) − 1 + 2·W + 2` of a copy. Whole cache lines,
+            // so every copy of an aligned buffer starts on one.
+            ps: (nq.max(dq) + 2 * g.w + 2).next_multiple_of(16),
+        }
+    }
+
+    /// Floats of one input channel: its three copies.
+    fn chan(&self) -> usize {
+        3 * self.ps
+    }
+}
+
+/// The weight gradient's layout of one image's `x` and `dy`: each tap a fixed shift in both.
+#[derive(Clone, Copy)]
+struct DwPlanes {
+    /// Shift between kernel rows.
+    row: usize,
+    /// Floats per input channel of `x`.
+    chan: usize,
+    /// Offsets of the `kw = 1` and `kw = 2` streams of `x` from the `kw = 0` one.
+    o1: usize,
+    o2: usize,
+    /// Floats per `dy` plane: whole cache lines, zeros where no output pixel is.
+    dq: usize,
+}
+
+impl DwPlanes {
+    /// Three shifted copies per channel as in the forward (`x` padded by [`pad_planes`]) when
+    /// `W < 16`, else one copy with rows padded to `W + 2` ([`pad_rows`]). Measured (`cargo
+    /// bench -p longtail-kernels -- layers`, ms for 128 images, AVX2 / AVX-512): at 32 × 32,
+    /// 16 → 16, row-padded 4.21 / 3.49, shifted 4.80 / 3.77; at 8 × 8, 64 → 64, row-padded 5.41
+    /// / 4.56, shifted 5.16 / 3.97 (25 % of the row-padded positions are dropped columns there).
+    fn of(g: &Geom, p: Planes) -> DwPlanes {
+        if g.w < 16 {
+            DwPlanes {
+                row: g.w,
+                chan: p.chan(),
+                o1: p.ps + 1,
+                o2: 2 * p.ps + 2,
+                dq: p.dq,
+            }
+        } else {
+            let wp = g.w + 2;
+            let dq = (g.h * wp).next_multiple_of(16);
+            DwPlanes {
+                row: wp,
+                // Loads reach position `dq − 1 + 2·WP + 2`.
+                chan: (dq + 2 * wp + 2).next_multiple_of(16),
+                o1: 1,
+                o2: 2,
+                dq,
+            }
+        }
+    }
+
+    /// Copies one image's `x` (`c_in` planes) and `dy` (`c_out` planes) into `xp` and `dyp`,
+    /// zero elsewhere as for [`pad_planes`].
+    fn fill(&self, g: &Geom, p: Planes, x: &[f32], dy: &[f32], xp: &mut [f32], dyp: &mut [f32]) {
+        let (w, hw) = (g.w, g.h * g.w);
+        if self.row == w {
+            pad_planes(x, g.c_in, p, xp);
+            for (c, plane) in dy[..g.c_out * hw].chunks_exact(hw).enumerate() {
+                dyp[c * self.dq..][..hw].copy_from_slice(plane);
+            }
+        } else {
+            let wp = self.row;
+            for (c, plane) in x[..g.c_in * hw].chunks_exact(hw).enumerate() {
+                for (r, row) in plane.chunks_exact(w).enumerate() {
+                    xp[c * self.chan + (r + 1) * wp + 1..][..w].copy_from_slice(row);
+                }
+            }
+            for (c, plane) in dy[..g.c_out * hw].chunks_exact(hw).enumerate() {
+                for (r, row) in plane.chunks_exact(w).enumerate() {
+                    dyp[c * self.dq + r * wp..][..w].copy_from_slice(row);
+                }
+            }
         }
     }
 }
 
 /// A zeroed scratch buffer whose first float sits on a 64-byte boundary. With plane sizes in
-/// whole cache lines, the kernels' loads of `dy` and stores of the output then never split a
-/// cache line (a split AVX-512 load costs two; `Vec<f32>` only promises 4-byte alignment).
+/// whole cache lines, the weight gradient's loads of `dy` then never split a cache line (a
+/// split AVX-512 load costs two; `Vec<f32>` only promises 4-byte alignment).
 struct Aligned {
     buf: Vec<f32>,
     off: usize,
@@ -122,29 +221,23 @@ impl Aligned {
     }
 }
 
-/// Copies `c` planes `H × W` of `src` into zero-padded planes of `ps` floats: the plane's
-/// pixel `(r, c)` goes to `(r + 1)·WP + c + 1`. Only pixels are written: `dst` must be zero
+/// Copies `c` planes `H × W` of `src` into their three copies (`[c][kw][ps]`, module docs):
+/// pixel `(r, col)` at `W + 1 + r·W + col` of each, with column `W − 1` zeroed in copy 0 and
+/// column 0 in copy 2. Writes only those `H·W` floats of each copy: `dst` must be zero
 /// elsewhere, as a fresh [`Aligned::zeroed`] buffer is and stays when only this function (with
 /// the same sizes) writes to it. That skips a zeroing pass over every padded input.
-fn pad_planes(src: &[f32], c: usize, h: usize, w: usize, p: Planes, dst: &mut [f32]) {
+fn pad_planes(src: &[f32], c: usize, p: Planes, dst: &mut [f32]) {
+    let (w, hw) = (p.w, p.hw);
     for ch in 0..c {
-        let s = &src[ch * h * w..][..h * w];
-        let d = &mut dst[ch * p.ps..][..p.ps];
-        for (r, row) in s.chunks_exact(w).enumerate() {
-            d[(r + 1) * p.wp + 1..][..w].copy_from_slice(row);
-        }
-    }
-}
-
-/// Copies `c` planes `H × W` into flat planes of `nq` floats (`(r, c)` at `r·WP + c`) with
-/// zeros in the dropped columns and the tail: the layout of the forward output, for `dy`.
-/// Like [`pad_planes`], it writes only pixels into a `dst` that is zero elsewhere.
-fn flat_planes(src: &[f32], c: usize, h: usize, w: usize, p: Planes, dst: &mut [f32]) {
-    for ch in 0..c {
-        let s = &src[ch * h * w..][..h * w];
-        let d = &mut dst[ch * p.nq..][..p.nq];
-        for (r, row) in s.chunks_exact(w).enumerate() {
-            d[r * p.wp..][..w].copy_from_slice(row);
+        let s = &src[ch * hw..][..hw];
+        for kw in 0..3 {
+            let d = &mut dst[(ch * 3 + kw) * p.ps + w + 1..][..hw];
+            d.copy_from_slice(s);
+            match kw {
+                0 => d.iter_mut().skip(w - 1).step_by(w).for_each(|v| *v = 0.0),
+                2 => d.iter_mut().step_by(w).for_each(|v| *v = 0.0),
+                _ => {}
+            }
         }
     }
 }
@@ -171,38 +264,26 @@ pub(crate) fn conv_fwd(g: &Geom, x: &[f32], w: &[f32], isa: Isa) -> Vec<f32> {
             }
         }
     }
-    let (hw, per_out) = (g.h * g.w, g.c_out * g.h * g.w);
+    let (hw, per_out) = (p.hw, g.c_out * p.hw);
     // Every output value is written below: no zeroing pass over the output first.
     let mut out: Vec<f32> = Vec::with_capacity(g.n * per_out);
-    let scratch = || {
-        (
-            Aligned::zeroed(g.c_in * p.ps),
-            Aligned::zeroed(tiles * t.co * p.nq),
-        )
-    };
-    let image = |(xp, op): &mut (Aligned, Aligned),
-                 (i, out_i): (usize, &mut [MaybeUninit<f32>])| {
-        let (xp, op) = (xp.get_mut(), op.get_mut());
-        pad_planes(
-            &x[i * g.c_in * hw..][..g.c_in * hw],
-            g.c_in,
-            g.h,
-            g.w,
-            p,
-            xp,
-        );
+    let scratch = || Aligned::zeroed(g.c_in * p.chan());
+    let image = |xp: &mut Aligned, (i, out_i): (usize, &mut [MaybeUninit<f32>])| {
+        let xp = xp.get_mut();
+        pad_planes(&x[i * g.c_in * hw..][..g.c_in * hw], g.c_in, p, xp);
         for tile in 0..tiles {
             let wt_t = &wt[tile * g.c_in * 9 * t.co..][..g.c_in * 9 * t.co];
-            let op_t = &mut op[tile * t.co * p.nq..][..t.co * p.nq];
-            fwd_tile_planes(isa, t, p, g.c_in, xp, wt_t, op_t);
-        }
-        for co in 0..g.c_out {
-            let src = &op[co * p.nq..];
-            for (r, row) in out_i[co * hw..][..hw].chunks_exact_mut(g.w).enumerate() {
-                for (d, &v) in row.iter_mut().zip(&src[r * p.wp..][..g.w]) {
-                    d.write(v);
-                }
-            }
+            let co0 = tile * t.co;
+            let cv = t.co.min(g.c_out - co0);
+            fwd_tile(
+                isa,
+                t,
+                p,
+                g.c_in,
+                xp,
+                wt_t,
+                &mut out_i[co0 * hw..][..cv * hw],
+            );
         }
     };
     if g.n > 1 && rayon::current_num_threads() > 1 {
@@ -218,34 +299,39 @@ pub(crate) fn conv_fwd(g: &Geom, x: &[f32], w: &[f32], isa: Isa) -> Vec<f32> {
             .for_each(|item| image(&mut s, item));
     }
     // SAFETY: the chunks tile `[0, n·per_out)` and `image` writes all `c_out·h·w` values of its
-    // chunk (every row of every output plane).
+    // chunk (`fwd_tile` writes every float of its slice).
     unsafe { out.set_len(g.n * per_out) };
     out
 }
 
-/// One forward tile row: `CO` output planes (`op`, `CO × nq`) from all padded input planes.
-fn fwd_tile_planes(
+/// One tile row of output channels: writes all of `out` (`cv × H·W`, `cv ≤ CO` channels) from
+/// all input copies `xp`.
+fn fwd_tile(
     isa: Isa,
     t: Tiling,
     p: Planes,
     c_in: usize,
     xp: &[f32],
     wt: &[f32],
-    op: &mut [f32],
+    out: &mut [MaybeUninit<f32>],
 ) {
-    assert!(xp.len() >= c_in * p.ps && wt.len() >= c_in * 9 * t.co && op.len() >= t.co * p.nq);
+    let cv = out.len() / p.hw.max(1);
+    assert!(xp.len() >= c_in * p.chan() && wt.len() >= c_in * 9 * t.co);
+    assert!((1..=t.co).contains(&cv) && out.len() == cv * p.hw);
+    let out = out.as_mut_ptr().cast::<f32>();
     // SAFETY: `isa` was checked against the CPU by `isa::isa` (callers pass it or a lower level
     // from `Isa::available`); the asserts above and `Planes::of` bound every load and store:
-    // loads reach at most `q0 + lanes·nv − 1 + 2·WP + 2 < ps` in each input plane.
+    // loads reach at most `q0 + lanes·nv − 1 + 2·W + 2 < ps` in each copy, and the kernel
+    // stores only positions below `H·W` of the first `cv` planes.
     unsafe {
         #[cfg(target_arch = "x86_64")]
         match (isa, t.nv) {
-            (Isa::Avx512, 1) => return avx512::fwd::<8, 1>(p, c_in, xp, wt, op),
-            (Isa::Avx512, 2) => return avx512::fwd::<8, 2>(p, c_in, xp, wt, op),
-            (Isa::Avx512, _) => return avx512::fwd::<8, 3>(p, c_in, xp, wt, op),
-            (Isa::Avx2, 1) => return avx2::fwd::<4, 1>(p, c_in, xp, wt, op),
-            (Isa::Avx2, 2) => return avx2::fwd::<4, 2>(p, c_in, xp, wt, op),
-            (Isa::Avx2, _) => return avx2::fwd::<4, 3>(p, c_in, xp, wt, op),
+            (Isa::Avx512, 1) => return avx512::fwd::<8, 1>(p, c_in, xp, wt, out, cv),
+            (Isa::Avx512, 2) => return avx512::fwd::<8, 2>(p, c_in, xp, wt, out, cv),
+            (Isa::Avx512, _) => return avx512::fwd::<8, 3>(p, c_in, xp, wt, out, cv),
+            (Isa::Avx2, 1) => return avx2::fwd::<4, 1>(p, c_in, xp, wt, out, cv),
+            (Isa::Avx2, 2) => return avx2::fwd::<4, 2>(p, c_in, xp, wt, out, cv),
+            (Isa::Avx2, _) => return avx2::fwd::<4, 3>(p, c_in, xp, wt, out, cv),
             (Isa::Scalar, _) => {}
         }
     }
@@ -257,6 +343,7 @@ fn fwd_tile_planes(
 pub(crate) fn conv_dw(g: &Geom, x: &[f32], dy: &[f32], isa: Isa) -> Vec<f32> {
     let t = Tiling::of(isa, g);
     let p = Planes::of(g, t);
+    let d = DwPlanes::of(g, p);
     let len = g.c_out * g.c_in * 9;
     if g.n == 0 {
         return vec![0f32; len];
@@ -264,31 +351,36 @@ pub(crate) fn conv_dw(g: &Geom, x: &[f32], dy: &[f32], isa: Isa) -> Vec<f32> {
     // Output-channel tiles of the weight-gradient kernel: 3·CO accumulators.
     let co_t = t.co;
     let tiles = g.c_out.div_ceil(co_t);
-    let hw = g.h * g.w;
+    let hw = p.hw;
     // The same chunking as the im2col path (it depends on n only).
     let per_chunk = g.n.div_ceil(g.n.min(16));
     let chunks = g.n.div_ceil(per_chunk);
     let chunk_sum = |chunk: usize| {
         let first = chunk * per_chunk;
         let imgs = per_chunk.min(g.n - first);
-        // The chunk's images side by side: padded x planes, and dy planes padded to whole
-        // tiles of channels (zero planes past c_out).
-        let (xs, ds) = (g.c_in * p.ps, tiles * co_t * p.nq);
+        // The chunk's images side by side: x's planes, and aligned dy planes for whole tiles of
+        // channels (zero planes past c_out).
+        let (xs, ds) = (g.c_in * d.chan, tiles * co_t * d.dq);
         let mut xp = Aligned::zeroed(imgs * xs);
         let mut dyp = Aligned::zeroed(imgs * ds);
         for j in 0..imgs {
             let i = first + j;
-            let (xi, dyi) = (&x[i * g.c_in * hw..], &dy[i * g.c_out * hw..]);
-            pad_planes(xi, g.c_in, g.h, g.w, p, &mut xp.get_mut()[j * xs..]);
-            flat_planes(dyi, g.c_out, g.h, g.w, p, &mut dyp.get_mut()[j * ds..]);
+            d.fill(
+                g,
+                p,
+                &x[i * g.c_in * hw..],
+                &dy[i * g.c_out * hw..],
+                &mut xp.get_mut()[j * xs..],
+                &mut dyp.get_mut()[j * ds..],
+            );
         }
         let (xp, dyp) = (xp.get(), dyp.get());
         // dW as [tile][ci][kh][kw][CO], reordered at the end.
         let mut acc = vec![0f32; tiles * g.c_in * 9 * co_t];
         for tile in 0..tiles {
             let a = &mut acc[tile * g.c_in * 9 * co_t..][..g.c_in * 9 * co_t];
-            let d = &dyp[tile * co_t * p.nq..];
-            dw_tile(isa, co_t, p, g.c_in, (imgs, xs, ds), xp, d, a);
+            let dy_t = &dyp[tile * co_t * d.dq..];
+            dw_tile(isa, co_t, d, g.c_in, (imgs, xs, ds), xp, dy_t, a);
         }
         acc
     };
@@ -316,23 +408,23 @@ pub(crate) fn conv_dw(g: &Geom, x: &[f32], dy: &[f32], isa: Isa) -> Vec<f32> {
 fn dw_tile(
     isa: Isa,
     co: usize,
-    p: Planes,
+    d: DwPlanes,
     c_in: usize,
     (imgs, xs, ds): (usize, usize, usize),
     xp: &[f32],
     dyp: &[f32],
     acc: &mut [f32],
 ) {
-    assert!(imgs > 0 && xs >= c_in * p.ps && ds >= co * p.nq);
-    assert!(xp.len() >= (imgs - 1) * xs + c_in * p.ps);
-    assert!(dyp.len() >= (imgs - 1) * ds + co * p.nq && acc.len() >= c_in * 9 * co);
-    // SAFETY: as in `fwd_tile_planes`; `nq` is a whole number of vectors for either level
-    // (a multiple of `lanes·nv` of the forward tiling) and loads of `x` stop below `ps`.
+    assert!(imgs > 0 && xs >= c_in * d.chan && ds >= co * d.dq);
+    assert!(xp.len() >= (imgs - 1) * xs + c_in * d.chan);
+    assert!(dyp.len() >= (imgs - 1) * ds + co * d.dq && acc.len() >= c_in * 9 * co);
+    // SAFETY: as in `fwd_tile`; `dq` is a whole number of vectors for either level and loads of
+    // `x` stay inside each channel's `chan` floats (`DwPlanes::of`).
     unsafe {
         #[cfg(target_arch = "x86_64")]
         match isa {
-            Isa::Avx512 => return avx512::dw::<8>(p, c_in, (imgs, xs, ds), xp, dyp, acc),
-            Isa::Avx2 => return avx2::dw::<4>(p, c_in, (imgs, xs, ds), xp, dyp, acc),
+            Isa::Avx512 => return avx512::dw::<8>(d, c_in, (imgs, xs, ds), xp, dyp, acc),
+            Isa::Avx2 => return avx2::dw::<4>(d, c_in, (imgs, xs, ds), xp, dyp, acc),
             Isa::Scalar => {}
         }
     }
@@ -346,34 +438,37 @@ macro_rules! simd_kernels {
      fma: $fma:ident, hsum: $hsum:path) => {
         #[cfg(target_arch = "x86_64")]
         mod $modname {
-            use super::Planes;
+            use super::{DwPlanes, Planes, MAX_CO, MAX_TILE};
             #[allow(unused_imports)]
             use std::arch::x86_64::*;
 
             const LANES: usize = $lanes;
 
             /// Forward: for each tile of `LANES·NV` positions, `CO × NV` accumulators over every
-            /// input channel and tap; stores the tile into `op (CO × nq)`.
+            /// input channel and tap; stores the first `cv` channels of the tile into `out`
+            /// (planes of `H·W`), the last, partial tile of a plane through a stack buffer.
             #[target_feature(enable = $feat)]
             pub(super) unsafe fn fwd<const CO: usize, const NV: usize>(
                 p: Planes,
                 c_in: usize,
                 xp: &[f32],
                 wt: &[f32],
-                op: &mut [f32],
+                out: *mut f32,
+                cv: usize,
             ) {
-                // SAFETY: the caller bounds every access (see `fwd_tile_planes`).
+                // SAFETY: the caller bounds every access (see `fwd_tile`).
                 unsafe {
-                    let (xp, wt, op) = (xp.as_ptr(), wt.as_ptr(), op.as_mut_ptr());
+                    let (xp, wt) = (xp.as_ptr(), wt.as_ptr());
+                    let tile = LANES * NV;
                     let mut q0 = 0;
-                    while q0 < p.nq {
+                    while q0 < p.hw {
                         let mut acc = [[$zero(); NV]; CO];
                         for ci in 0..c_in {
-                            let xc = xp.add(ci * p.ps + q0);
+                            let xc = xp.add(ci * 3 * p.ps + q0);
                             let wc = wt.add(ci * 9 * CO);
                             for kh in 0..3 {
                                 for kw in 0..3 {
-                                    let base = xc.add(kh * p.wp + kw);
+                                    let base = xc.add(kw * p.ps + kh * p.w + kw);
                                     let mut v = [$zero(); NV];
                                     for (j, vj) in v.iter_mut().enumerate() {
                                         *vj = $load(base.add(j * LANES));
@@ -388,12 +483,29 @@ macro_rules! simd_kernels {
                                 }
                             }
                         }
-                        for (c, row) in acc.iter().enumerate() {
-                            for (j, &a) in row.iter().enumerate() {
-                                $store(op.add(c * p.nq + q0 + j * LANES), a);
+                        if cv == CO && q0 + tile <= p.hw {
+                            for (c, row) in acc.iter().enumerate() {
+                                for (j, &a) in row.iter().enumerate() {
+                                    $store(out.add(c * p.hw + q0 + j * LANES), a);
+                                }
+                            }
+                        } else {
+                            let mut buf = [[0f32; MAX_TILE]; MAX_CO];
+                            for (c, row) in acc.iter().enumerate() {
+                                for (j, &a) in row.iter().enumerate() {
+                                    $store(buf[c].as_mut_ptr().add(j * LANES), a);
+                                }
+                            }
+                            let n = tile.min(p.hw - q0);
+                            for (c, b) in buf.iter().take(cv).enumerate() {
+                                std::ptr::copy_nonoverlapping(
+                                    b.as_ptr(),
+                                    out.add(c * p.hw + q0),
+                                    n,
+                                );
                             }
                         }
-                        q0 += LANES * NV;
+                        q0 += tile;
                     }
                 }
             }
@@ -404,7 +516,7 @@ macro_rules! simd_kernels {
             /// cost more than the multiply-adds), written to `acc ([ci][kh·3 + kw][CO])`.
             #[target_feature(enable = $feat)]
             pub(super) unsafe fn dw<const CO: usize>(
-                p: Planes,
+                d: DwPlanes,
                 c_in: usize,
                 (imgs, xs, ds): (usize, usize, usize),
                 xp: &[f32],
@@ -420,18 +532,19 @@ macro_rules! simd_kernels {
                             let mut s1 = [$zero(); CO];
                             let mut s2 = [$zero(); CO];
                             for j in 0..imgs {
-                                let xr = xp.add(j * xs + ci * p.ps + kh * p.wp);
+                                let xr = xp.add(j * xs + ci * d.chan + kh * d.row);
+                                let (xr1, xr2) = (xr.add(d.o1), xr.add(d.o2));
                                 let dj = dyp.add(j * ds);
                                 let mut q = 0;
-                                while q < p.nq {
+                                while q < d.dq {
                                     let x0 = $load(xr.add(q));
-                                    let x1 = $load(xr.add(q + 1));
-                                    let x2 = $load(xr.add(q + 2));
+                                    let x1 = $load(xr1.add(q));
+                                    let x2 = $load(xr2.add(q));
                                     for c in 0..CO {
-                                        let d = $load(dj.add(c * p.nq + q));
-                                        s0[c] = $fma(d, x0, s0[c]);
-                                        s1[c] = $fma(d, x1, s1[c]);
-                                        s2[c] = $fma(d, x2, s2[c]);
+                                        let dv = $load(dj.add(c * d.dq + q));
+                                        s0[c] = $fma(dv, x0, s0[c]);
+                                        s1[c] = $fma(dv, x1, s1[c]);
+                                        s2[c] = $fma(dv, x2, s2[c]);
                                     }
                                     q += LANES;
                                 }
