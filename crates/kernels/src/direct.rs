@@ -25,7 +25,7 @@
 //!
 //! * Forward: a register tile of `CO` output channels × `NV` vectors of `q`; per input channel
 //!   and tap, `NV` unaligned loads of the input and `CO` broadcast weights feed `CO·NV` FMAs
-//!   (AVX-512: 8 × 3 × 16 lanes in 24 of its 32 registers; AVX2: 4 × 3 × 8 lanes in 12 of 16).
+//!   (AVX-512: up to 8 × 3 × 16 lanes in 24 of its 32 registers; AVX2: up to 4 × 2 × 8 lanes).
 //! * Weight gradient: `dW[co, ci, kh, kw] = Σ_q dy[co, q] · x[ci, q + shift(kh, kw)]` with `dy`
 //!   copied into aligned planes that are zero where no output pixel is; a tile of `CO` output
 //!   channels × the 3 `kw` taps for one `(ci, kh)`, summed over `q` in vector lanes, then across
@@ -76,13 +76,16 @@ const MAX_CO: usize = 8;
 
 impl Tiling {
     fn of(isa: Isa, g: &Geom) -> Tiling {
-        let (lanes, co) = match isa {
-            Isa::Avx512 => (16, 8),
-            _ => (8, 4),
+        // AVX2 tiles at most 4 × 2 vectors: 4 × 3 takes 12 accumulators + 3 inputs + 1
+        // broadcast, all 16 registers, and ran 1.4× slower than 4 × 2 (16 → 16 at 32 × 32:
+        // 4.85 vs 3.46 ms for 128 images, `cargo bench -p longtail-kernels -- layers`).
+        let (lanes, co, max_nv) = match isa {
+            Isa::Avx512 => (16, 8, 3),
+            _ => (8, 4, 2),
         };
         // The vectors per tile that waste the fewest computed positions (ties: more vectors).
         let hw = g.h * g.w;
-        let nv = (1..=3)
+        let nv = (1..=max_nv)
             .rev()
             .min_by_key(|&nv| hw.div_ceil(lanes * nv) * lanes * nv)
             .unwrap_or(1);
@@ -330,8 +333,7 @@ fn fwd_tile(
             (Isa::Avx512, 2) => return avx512::fwd::<8, 2>(p, c_in, xp, wt, out, cv),
             (Isa::Avx512, _) => return avx512::fwd::<8, 3>(p, c_in, xp, wt, out, cv),
             (Isa::Avx2, 1) => return avx2::fwd::<4, 1>(p, c_in, xp, wt, out, cv),
-            (Isa::Avx2, 2) => return avx2::fwd::<4, 2>(p, c_in, xp, wt, out, cv),
-            (Isa::Avx2, _) => return avx2::fwd::<4, 3>(p, c_in, xp, wt, out, cv),
+            (Isa::Avx2, _) => return avx2::fwd::<4, 2>(p, c_in, xp, wt, out, cv),
             (Isa::Scalar, _) => {}
         }
     }
@@ -418,13 +420,29 @@ fn dw_tile(
     assert!(imgs > 0 && xs >= c_in * d.chan && ds >= co * d.dq);
     assert!(xp.len() >= (imgs - 1) * xs + c_in * d.chan);
     assert!(dyp.len() >= (imgs - 1) * ds + co * d.dq && acc.len() >= c_in * 9 * co);
-    // SAFETY: as in `fwd_tile`; `dq` is a whole number of vectors for either level and loads of
-    // `x` stay inside each channel's `chan` floats (`DwPlanes::of`).
+    // Images per block: the block's dy tile in about 24 KiB, so it stays in L1 (32 × 32 planes:
+    // one image; 8 × 8: the whole chunk, one block).
+    let block = (6144 / (co * d.dq)).max(1);
+    let lanes = if isa == Isa::Avx512 { 16 } else { 8 };
+    let mut part = vec![
+        0f32;
+        if imgs > block {
+            c_in * 9 * co * lanes
+        } else {
+            0
+        }
+    ];
+    let imgs_xs_ds = (imgs, xs, ds);
+    // SAFETY: as in `fwd_tile`; `dq` is a whole number of vectors for either level, loads of `x`
+    // stay inside each channel's `chan` floats (`DwPlanes::of`), and `part` is only touched
+    // with more than one block, when it holds `c_in·9·CO` vectors.
     unsafe {
         #[cfg(target_arch = "x86_64")]
         match isa {
-            Isa::Avx512 => return avx512::dw::<8>(d, c_in, (imgs, xs, ds), xp, dyp, acc),
-            Isa::Avx2 => return avx2::dw::<4>(d, c_in, (imgs, xs, ds), xp, dyp, acc),
+            Isa::Avx512 => {
+                return avx512::dw::<8>(d, c_in, imgs_xs_ds, block, xp, dyp, acc, &mut part)
+            }
+            Isa::Avx2 => return avx2::dw::<4>(d, c_in, imgs_xs_ds, block, xp, dyp, acc, &mut part),
             Isa::Scalar => {}
         }
     }
@@ -514,48 +532,77 @@ macro_rules! simd_kernels {
             /// (output channel × kernel column) summed over all positions of all images, then
             /// across lanes (once per chunk of images: at 8 × 8 that reduction would otherwise
             /// cost more than the multiply-adds), written to `acc ([ci][kh·3 + kw][CO])`.
+            /// Images go in blocks of `block`, all channels and kernel rows per block, so the
+            /// block's `dy` tile is read from L1 by every `(ci, kh)`; between blocks the
+            /// accumulators wait in `part` (`[ci][kh][kw][CO][LANES]`). The sums are those of
+            /// one block: per lane, images in order, positions in order.
             #[target_feature(enable = $feat)]
+            #[allow(clippy::too_many_arguments)]
             pub(super) unsafe fn dw<const CO: usize>(
                 d: DwPlanes,
                 c_in: usize,
                 (imgs, xs, ds): (usize, usize, usize),
+                block: usize,
                 xp: &[f32],
                 dyp: &[f32],
                 acc: &mut [f32],
+                part: &mut [f32],
             ) {
                 // SAFETY: the caller bounds every access (see `dw_tile`).
                 unsafe {
                     let (xp, dyp, out) = (xp.as_ptr(), dyp.as_ptr(), acc.as_mut_ptr());
-                    for ci in 0..c_in {
-                        for kh in 0..3 {
-                            let mut s0 = [$zero(); CO];
-                            let mut s1 = [$zero(); CO];
-                            let mut s2 = [$zero(); CO];
-                            for j in 0..imgs {
-                                let xr = xp.add(j * xs + ci * d.chan + kh * d.row);
-                                let (xr1, xr2) = (xr.add(d.o1), xr.add(d.o2));
-                                let dj = dyp.add(j * ds);
-                                let mut q = 0;
-                                while q < d.dq {
-                                    let x0 = $load(xr.add(q));
-                                    let x1 = $load(xr1.add(q));
-                                    let x2 = $load(xr2.add(q));
+                    let part = part.as_mut_ptr();
+                    let mut j0 = 0;
+                    while j0 < imgs {
+                        let jn = (j0 + block).min(imgs);
+                        for ci in 0..c_in {
+                            for kh in 0..3 {
+                                let pv = part.add((ci * 3 + kh) * 3 * CO * LANES);
+                                let mut s0 = [$zero(); CO];
+                                let mut s1 = [$zero(); CO];
+                                let mut s2 = [$zero(); CO];
+                                if j0 > 0 {
                                     for c in 0..CO {
-                                        let dv = $load(dj.add(c * d.dq + q));
-                                        s0[c] = $fma(dv, x0, s0[c]);
-                                        s1[c] = $fma(dv, x1, s1[c]);
-                                        s2[c] = $fma(dv, x2, s2[c]);
+                                        s0[c] = $load(pv.add(c * LANES));
+                                        s1[c] = $load(pv.add((CO + c) * LANES));
+                                        s2[c] = $load(pv.add((2 * CO + c) * LANES));
                                     }
-                                    q += LANES;
+                                }
+                                for j in j0..jn {
+                                    let xr = xp.add(j * xs + ci * d.chan + kh * d.row);
+                                    let (xr1, xr2) = (xr.add(d.o1), xr.add(d.o2));
+                                    let dj = dyp.add(j * ds);
+                                    let mut q = 0;
+                                    while q < d.dq {
+                                        let x0 = $load(xr.add(q));
+                                        let x1 = $load(xr1.add(q));
+                                        let x2 = $load(xr2.add(q));
+                                        for c in 0..CO {
+                                            let dv = $load(dj.add(c * d.dq + q));
+                                            s0[c] = $fma(dv, x0, s0[c]);
+                                            s1[c] = $fma(dv, x1, s1[c]);
+                                            s2[c] = $fma(dv, x2, s2[c]);
+                                        }
+                                        q += LANES;
+                                    }
+                                }
+                                if jn < imgs {
+                                    for c in 0..CO {
+                                        $store(pv.add(c * LANES), s0[c]);
+                                        $store(pv.add((CO + c) * LANES), s1[c]);
+                                        $store(pv.add((2 * CO + c) * LANES), s2[c]);
+                                    }
+                                    continue;
+                                }
+                                for c in 0..CO {
+                                    let o = out.add((ci * 9 + kh * 3) * CO + c);
+                                    *o = $hsum(s0[c]);
+                                    *o.add(CO) = $hsum(s1[c]);
+                                    *o.add(2 * CO) = $hsum(s2[c]);
                                 }
                             }
-                            for c in 0..CO {
-                                let o = out.add((ci * 9 + kh * 3) * CO + c);
-                                *o = $hsum(s0[c]);
-                                *o.add(CO) = $hsum(s1[c]);
-                                *o.add(2 * CO) = $hsum(s2[c]);
-                            }
                         }
+                        j0 = jn;
                     }
                 }
             }
@@ -618,7 +665,7 @@ mod tests {
 
     /// Every SIMD level the CPU has gives the im2col path's forward, input and weight gradients
     /// on the backbone shapes (CIFAR 32/16/8, Fashion-MNIST 28/14/7, ImageNet 56 and odd sizes,
-    /// channel counts that are and are not whole tiles).
+    /// channel counts that are and are not whole tiles, one and several images per chunk).
     #[test]
     fn direct_kernels_match_im2col_on_every_isa() {
         let shapes = [
@@ -630,6 +677,9 @@ mod tests {
             (1, 3, 5, 9, 7),
             (2, 64, 56, 56, 64),
             (2, 5, 1, 1, 3),
+            // Several images per chunk of the weight gradient, in one block and in several.
+            (40, 8, 16, 16, 8),
+            (34, 4, 32, 32, 4),
         ];
         let levels: Vec<Isa> = Isa::available()
             .into_iter()
