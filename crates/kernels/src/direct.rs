@@ -357,14 +357,19 @@ pub(crate) fn conv_dw(g: &Geom, x: &[f32], dy: &[f32], isa: Isa) -> Vec<f32> {
     // The same chunking as the im2col path (it depends on n only).
     let per_chunk = g.n.div_ceil(g.n.min(16));
     let chunks = g.n.div_ceil(per_chunk);
-    let chunk_sum = |chunk: usize| {
+    // The chunk's images side by side: x's planes, and aligned dy planes for whole tiles of
+    // channels (zero planes past c_out). One pair of buffers serves every chunk a thread takes:
+    // `fill` writes the same pixels each time, so the rest stays zero.
+    let (xs, ds) = (g.c_in * d.chan, tiles * co_t * d.dq);
+    let scratch = || {
+        (
+            Aligned::zeroed(per_chunk * xs),
+            Aligned::zeroed(per_chunk * ds),
+        )
+    };
+    let chunk_sum = |(xp, dyp): &mut (Aligned, Aligned), chunk: usize| {
         let first = chunk * per_chunk;
         let imgs = per_chunk.min(g.n - first);
-        // The chunk's images side by side: x's planes, and aligned dy planes for whole tiles of
-        // channels (zero planes past c_out).
-        let (xs, ds) = (g.c_in * d.chan, tiles * co_t * d.dq);
-        let mut xp = Aligned::zeroed(imgs * xs);
-        let mut dyp = Aligned::zeroed(imgs * ds);
         for j in 0..imgs {
             let i = first + j;
             d.fill(
@@ -387,16 +392,23 @@ pub(crate) fn conv_dw(g: &Geom, x: &[f32], dy: &[f32], isa: Isa) -> Vec<f32> {
         acc
     };
     let partials: Vec<Vec<f32>> = if chunks > 1 && rayon::current_num_threads() > 1 {
-        (0..chunks).into_par_iter().map(chunk_sum).collect()
+        (0..chunks)
+            .into_par_iter()
+            .map_init(scratch, chunk_sum)
+            .collect()
     } else {
-        (0..chunks).map(chunk_sum).collect()
+        let mut s = scratch();
+        (0..chunks).map(|chunk| chunk_sum(&mut s, chunk)).collect()
     };
+    // Sum the chunks in chunk order, reading each in its tiled order `[tile][ci][k][CO]`.
     let mut dw = vec![0f32; len];
     for part in &partials {
-        for co in 0..g.c_out {
-            for ci in 0..g.c_in {
-                for k in 0..9 {
-                    dw[(co * g.c_in + ci) * 9 + k] += part[tiled(co, ci, k, g.c_in, co_t)];
+        for (tile, part_t) in part.chunks_exact(g.c_in * 9 * co_t).enumerate() {
+            for (ci, part_c) in part_t.chunks_exact(9 * co_t).enumerate() {
+                for (k, taps) in part_c.chunks_exact(co_t).enumerate() {
+                    for (c, &v) in taps.iter().enumerate().take(g.c_out - tile * co_t) {
+                        dw[((tile * co_t + c) * g.c_in + ci) * 9 + k] += v;
+                    }
                 }
             }
         }
