@@ -584,8 +584,7 @@ macro_rules! simd_kernels {
                                     let xr = xp.add(j * xs + ci * d.chan + kh * d.row);
                                     let (xr1, xr2) = (xr.add(d.o1), xr.add(d.o2));
                                     let dj = dyp.add(j * ds);
-                                    let mut q = 0;
-                                    while q < d.dq {
+                                    let mut step = |q: usize| {
                                         let x0 = $load(xr.add(q));
                                         let x1 = $load(xr1.add(q));
                                         let x2 = $load(xr2.add(q));
@@ -595,6 +594,17 @@ macro_rules! simd_kernels {
                                             s1[c] = $fma(dv, x1, s1[c]);
                                             s2[c] = $fma(dv, x2, s2[c]);
                                         }
+                                    };
+                                    let mut q = 0;
+                                    while q + 4 * LANES <= d.dq {
+                                        step(q);
+                                        step(q + LANES);
+                                        step(q + 2 * LANES);
+                                        step(q + 3 * LANES);
+                                        q += 4 * LANES;
+                                    }
+                                    while q < d.dq {
+                                        step(q);
                                         q += LANES;
                                     }
                                 }
