@@ -49,8 +49,9 @@ pub(crate) fn applies(g: &Geom, isa: Isa) -> bool {
     isa != Isa::Scalar
         && g.kh == 3
         && g.kw == 3
-        && g.stride == 1
         && g.pad == 1
+        // Stride 2 (the first layer of a stage) on even sizes: four whole phase planes.
+        && (g.stride == 1 || (g.stride == 2 && g.h.is_multiple_of(2) && g.w.is_multiple_of(2)))
         && g.groups == 1
         && g.h > 0
         && g.w > 0
@@ -84,7 +85,7 @@ impl Tiling {
             _ => (8, 4, 2),
         };
         // The vectors per tile that waste the fewest computed positions (ties: more vectors).
-        let hw = g.h * g.w;
+        let hw = g.ho * g.wo;
         let nv = (1..=max_nv)
             .rev()
             .min_by_key(|&nv| hw.div_ceil(lanes * nv) * lanes * nv)
@@ -94,106 +95,199 @@ impl Tiling {
     }
 }
 
-/// Sizes of the planes of one convolution.
+/// Sizes of the planes of one convolution, and where each tap reads.
 #[derive(Clone, Copy)]
 struct Planes {
-    /// Row length `W`: the shift between kernel rows.
+    /// Stride of the convolution (1 or 2).
+    stride: usize,
+    /// Input plane `H × W`.
+    in_h: usize,
+    in_w: usize,
+    /// Output row length `Wo`: the shift between kernel rows.
     w: usize,
-    /// Pixels per plane `H·W`.
+    /// Output pixels per plane `Ho·Wo`.
     hw: usize,
-    /// Floats per `dy` plane of the weight gradient: `H·W` rounded up to whole cache lines (a
-    /// whole number of vectors for either level; zeros past `H·W`).
+    /// Floats per `dy` plane of the weight gradient: `Ho·Wo` rounded up to whole cache lines
+    /// (a whole number of vectors for either level; zeros past `Ho·Wo`).
     dq: usize,
     /// Floats per copy of an input plane: every load of the last tile (forward) and of the
     /// last vector (weight gradient) stays inside it.
     ps: usize,
+    /// Copies per input channel: 3 (stride 1) or 6 (stride 2).
+    copies: usize,
+    /// Where tap `kh·3 + kw` of output `q` reads: `offs[tap] + q` from the channel's first copy.
+    offs: [usize; 9],
 }
 
 impl Planes {
     fn of(g: &Geom, t: Tiling) -> Planes {
-        let hw = g.h * g.w;
-        // Computed positions per output plane: `H·W` rounded up to whole tiles.
+        let (w, hw) = (g.wo, g.ho * g.wo);
+        // Computed positions per output plane: `Ho·Wo` rounded up to whole tiles.
         let nq = hw.div_ceil(t.lanes * t.nv) * t.lanes * t.nv;
         let dq = hw.next_multiple_of(16);
+        // Loads reach position `max(nq, dq) − 1 + 2·Wo + 2` of a copy. Whole cache lines, so
+        // every copy of an aligned buffer starts on one.
+        let ps = (nq.max(dq) + 2 * w + 2).next_multiple_of(16);
+        let mut offs = [0; 9];
+        let copies = if g.stride == 1 {
+            for (k, o) in offs.iter_mut().enumerate() {
+                let (kh, kw) = (k / 3, k % 3);
+                *o = kw * ps + kh * w + kw;
+            }
+            3
+        } else {
+            for (k, o) in offs.iter_mut().enumerate() {
+                let ((a, di), (b, dj)) = (S2_TAP[k / 3], S2_TAP[k % 3]);
+                *o = s2_copy(a, b, dj) * ps + di * w + dj;
+            }
+            6
+        };
         Planes {
-            w: g.w,
+            stride: g.stride,
+            in_h: g.h,
+            in_w: g.w,
+            w,
             hw,
             dq,
-            // Loads reach position `max(nq, dq) − 1 + 2·W + 2` of a copy. Whole cache lines,
-            // so every copy of an aligned buffer starts on one.
-            ps: (nq.max(dq) + 2 * g.w + 2).next_multiple_of(16),
+            ps,
+            copies,
+            offs,
         }
     }
 
-    /// Floats of one input channel: its three copies.
+    /// Floats of one input channel: its copies.
     fn chan(&self) -> usize {
-        3 * self.ps
+        self.copies * self.ps
     }
+
+    /// Copies `c` input planes `H × W` of `src` into their copies (`[c][copy][ps]`, module
+    /// docs): copy pixel `(i, j)` at `Wo + 1 + i·Wo + j`. Writes only those `Ho·Wo` floats of
+    /// each copy: `dst` must be zero elsewhere, as a fresh [`Aligned::zeroed`] buffer is and
+    /// stays when only this function (with the same sizes) writes to it. That skips a zeroing
+    /// pass over every padded input.
+    fn fill(&self, src: &[f32], c: usize, dst: &mut [f32]) {
+        let (w, hw, in_hw) = (self.w, self.hw, self.in_h * self.in_w);
+        for ch in 0..c {
+            let s = &src[ch * in_hw..][..in_hw];
+            let dst = &mut dst[ch * self.chan()..][..self.chan()];
+            if self.stride == 1 {
+                for kw in 0..3 {
+                    let d = &mut dst[kw * self.ps + w + 1..][..hw];
+                    d.copy_from_slice(s);
+                    match kw {
+                        0 => d.iter_mut().skip(w - 1).step_by(w).for_each(|v| *v = 0.0),
+                        2 => d.iter_mut().step_by(w).for_each(|v| *v = 0.0),
+                        _ => {}
+                    }
+                }
+                continue;
+            }
+            // Stride 2: copy (a, b[, masked]) holds x(2i + a, 2j + b).
+            for (copy, (a, b, masked)) in S2_COPIES.into_iter().enumerate() {
+                let d = &mut dst[copy * self.ps + w + 1..][..hw];
+                for (i, drow) in d.chunks_exact_mut(w).enumerate() {
+                    let srow = &s[(2 * i + a) * self.in_w + b..];
+                    for (j, v) in drow.iter_mut().enumerate() {
+                        *v = srow[2 * j];
+                    }
+                    if masked {
+                        drow[w - 1] = 0.0;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Stride 2, kernel row (column) `k`: the input row `2·i + k − 1` of output row `i` lies in
+/// phase `a` (even 0, odd 1) at phase row `i − 1 + di`.
+const S2_TAP: [(usize, usize); 3] = [(1, 0), (0, 1), (1, 1)];
+
+/// Stride 2: the six copies of an input channel, `(row phase, column phase, last column
+/// zeroed)`. A tap with column shift −1 (`dj = 0`) reads a copy with its last column zeroed, so
+/// that output column 0 sees zero where the shift wraps to the row above; rows shifted by −1
+/// read the zero row above the copy.
+const S2_COPIES: [(usize, usize, bool); 6] = [
+    (0, 0, false),
+    (0, 1, false),
+    (0, 1, true),
+    (1, 0, false),
+    (1, 1, false),
+    (1, 1, true),
+];
+
+/// Stride 2: the copy a tap of phases `(a, b)` and column shift `dj − 1` reads.
+fn s2_copy(a: usize, b: usize, dj: usize) -> usize {
+    let masked = dj == 0;
+    S2_COPIES
+        .iter()
+        .position(|&c| c == (a, b, masked && b == 1))
+        .expect("every phase has a copy")
 }
 
 /// The weight gradient's layout of one image's `x` and `dy`: each tap a fixed shift in both.
 #[derive(Clone, Copy)]
 struct DwPlanes {
-    /// Shift between kernel rows.
-    row: usize,
     /// Floats per input channel of `x`.
     chan: usize,
-    /// Offsets of the `kw = 1` and `kw = 2` streams of `x` from the `kw = 0` one.
-    o1: usize,
-    o2: usize,
+    /// Where tap `kh·3 + kw` reads `x` for position `q`: `offs[tap] + q` in the channel.
+    offs: [usize; 9],
     /// Floats per `dy` plane: whole cache lines, zeros where no output pixel is.
     dq: usize,
+    /// Rows padded to `W + 2` (one copy per channel) rather than the forward's copies.
+    row_padded: bool,
 }
 
 impl DwPlanes {
-    /// Three shifted copies per channel as in the forward (`x` padded by [`pad_planes`]) when
-    /// `W < 16`, else one copy with rows padded to `W + 2` ([`pad_rows`]). Measured (`cargo
-    /// bench -p longtail-kernels -- layers`, ms for 128 images, AVX2 / AVX-512): at 32 × 32,
-    /// 16 → 16, row-padded 4.21 / 3.49, shifted 4.80 / 3.77; at 8 × 8, 64 → 64, row-padded 5.41
-    /// / 4.56, shifted 5.16 / 3.97 (25 % of the row-padded positions are dropped columns there).
+    /// The forward's copies per channel (`x` laid out by [`Planes::fill`]) for stride 2 or
+    /// `W < 16`, else one copy with rows padded to `W + 2`. Measured (`cargo bench -p
+    /// longtail-kernels -- layers`, ms for 128 images, AVX2 / AVX-512): at 32 × 32, 16 → 16,
+    /// row-padded 4.21 / 3.49, three copies 4.80 / 3.77; at 8 × 8, 64 → 64, row-padded 5.41 /
+    /// 4.56, three copies 5.16 / 3.97 (25 % of the row-padded positions are dropped columns).
     fn of(g: &Geom, p: Planes) -> DwPlanes {
-        if g.w < 16 {
-            DwPlanes {
-                row: g.w,
+        if g.stride != 1 || g.w < 16 {
+            return DwPlanes {
                 chan: p.chan(),
-                o1: p.ps + 1,
-                o2: 2 * p.ps + 2,
+                offs: p.offs,
                 dq: p.dq,
-            }
-        } else {
-            let wp = g.w + 2;
-            let dq = (g.h * wp).next_multiple_of(16);
-            DwPlanes {
-                row: wp,
-                // Loads reach position `dq − 1 + 2·WP + 2`.
-                chan: (dq + 2 * wp + 2).next_multiple_of(16),
-                o1: 1,
-                o2: 2,
-                dq,
-            }
+                row_padded: false,
+            };
+        }
+        let wp = g.w + 2;
+        let dq = (g.h * wp).next_multiple_of(16);
+        let mut offs = [0; 9];
+        for (k, o) in offs.iter_mut().enumerate() {
+            *o = k / 3 * wp + k % 3;
+        }
+        DwPlanes {
+            // Loads reach position `dq − 1 + 2·WP + 2`.
+            chan: (dq + 2 * wp + 2).next_multiple_of(16),
+            offs,
+            dq,
+            row_padded: true,
         }
     }
 
     /// Copies one image's `x` (`c_in` planes) and `dy` (`c_out` planes) into `xp` and `dyp`,
-    /// zero elsewhere as for [`pad_planes`].
+    /// zero elsewhere as for [`Planes::fill`].
     fn fill(&self, g: &Geom, p: Planes, x: &[f32], dy: &[f32], xp: &mut [f32], dyp: &mut [f32]) {
-        let (w, hw) = (g.w, g.h * g.w);
-        if self.row == w {
-            pad_planes(x, g.c_in, p, xp);
-            for (c, plane) in dy[..g.c_out * hw].chunks_exact(hw).enumerate() {
-                dyp[c * self.dq..][..hw].copy_from_slice(plane);
+        let hwo = g.ho * g.wo;
+        if !self.row_padded {
+            p.fill(x, g.c_in, xp);
+            for (c, plane) in dy[..g.c_out * hwo].chunks_exact(hwo).enumerate() {
+                dyp[c * self.dq..][..hwo].copy_from_slice(plane);
             }
-        } else {
-            let wp = self.row;
-            for (c, plane) in x[..g.c_in * hw].chunks_exact(hw).enumerate() {
-                for (r, row) in plane.chunks_exact(w).enumerate() {
-                    xp[c * self.chan + (r + 1) * wp + 1..][..w].copy_from_slice(row);
-                }
+            return;
+        }
+        let (w, wp) = (g.w, g.w + 2);
+        for (c, plane) in x[..g.c_in * g.h * w].chunks_exact(g.h * w).enumerate() {
+            for (r, row) in plane.chunks_exact(w).enumerate() {
+                xp[c * self.chan + (r + 1) * wp + 1..][..w].copy_from_slice(row);
             }
-            for (c, plane) in dy[..g.c_out * hw].chunks_exact(hw).enumerate() {
-                for (r, row) in plane.chunks_exact(w).enumerate() {
-                    dyp[c * self.dq + r * wp..][..w].copy_from_slice(row);
-                }
+        }
+        for (c, plane) in dy[..g.c_out * hwo].chunks_exact(hwo).enumerate() {
+            for (r, row) in plane.chunks_exact(w).enumerate() {
+                dyp[c * self.dq + r * wp..][..w].copy_from_slice(row);
             }
         }
     }
@@ -224,27 +318,6 @@ impl Aligned {
     }
 }
 
-/// Copies `c` planes `H × W` of `src` into their three copies (`[c][kw][ps]`, module docs):
-/// pixel `(r, col)` at `W + 1 + r·W + col` of each, with column `W − 1` zeroed in copy 0 and
-/// column 0 in copy 2. Writes only those `H·W` floats of each copy: `dst` must be zero
-/// elsewhere, as a fresh [`Aligned::zeroed`] buffer is and stays when only this function (with
-/// the same sizes) writes to it. That skips a zeroing pass over every padded input.
-fn pad_planes(src: &[f32], c: usize, p: Planes, dst: &mut [f32]) {
-    let (w, hw) = (p.w, p.hw);
-    for ch in 0..c {
-        let s = &src[ch * hw..][..hw];
-        for kw in 0..3 {
-            let d = &mut dst[(ch * 3 + kw) * p.ps + w + 1..][..hw];
-            d.copy_from_slice(s);
-            match kw {
-                0 => d.iter_mut().skip(w - 1).step_by(w).for_each(|v| *v = 0.0),
-                2 => d.iter_mut().step_by(w).for_each(|v| *v = 0.0),
-                _ => {}
-            }
-        }
-    }
-}
-
 /// Index of weight `(co, ci, tap k)` in the kernels' tiled layout `[co / CO][ci][k][co % CO]`
 /// (tiles of `co_t` output channels): how the forward reads weights and the weight gradient
 /// writes them.
@@ -267,13 +340,13 @@ pub(crate) fn conv_fwd(g: &Geom, x: &[f32], w: &[f32], isa: Isa) -> Vec<f32> {
             }
         }
     }
-    let (hw, per_out) = (p.hw, g.c_out * p.hw);
+    let (hw, per_out, in_hw) = (p.hw, g.c_out * p.hw, g.h * g.w);
     // Every output value is written below: no zeroing pass over the output first.
     let mut out: Vec<f32> = Vec::with_capacity(g.n * per_out);
     let scratch = || Aligned::zeroed(g.c_in * p.chan());
     let image = |xp: &mut Aligned, (i, out_i): (usize, &mut [MaybeUninit<f32>])| {
         let xp = xp.get_mut();
-        pad_planes(&x[i * g.c_in * hw..][..g.c_in * hw], g.c_in, p, xp);
+        p.fill(&x[i * g.c_in * in_hw..][..g.c_in * in_hw], g.c_in, xp);
         for tile in 0..tiles {
             let wt_t = &wt[tile * g.c_in * 9 * t.co..][..g.c_in * 9 * t.co];
             let co0 = tile * t.co;
@@ -375,7 +448,7 @@ pub(crate) fn conv_dw(g: &Geom, x: &[f32], dy: &[f32], isa: Isa) -> Vec<f32> {
             d.fill(
                 g,
                 p,
-                &x[i * g.c_in * hw..],
+                &x[i * g.c_in * g.h * g.w..],
                 &dy[i * g.c_out * hw..],
                 &mut xp.get_mut()[j * xs..],
                 &mut dyp.get_mut()[j * ds..],
@@ -494,11 +567,11 @@ macro_rules! simd_kernels {
                     while q0 < p.hw {
                         let mut acc = [[$zero(); NV]; CO];
                         for ci in 0..c_in {
-                            let xc = xp.add(ci * 3 * p.ps + q0);
+                            let xc = xp.add(ci * p.chan() + q0);
                             let wc = wt.add(ci * 9 * CO);
                             for kh in 0..3 {
                                 for kw in 0..3 {
-                                    let base = xc.add(kw * p.ps + kh * p.w + kw);
+                                    let base = xc.add(p.offs[kh * 3 + kw]);
                                     let mut v = [$zero(); NV];
                                     for (j, vj) in v.iter_mut().enumerate() {
                                         *vj = $load(base.add(j * LANES));
@@ -581,8 +654,10 @@ macro_rules! simd_kernels {
                                     }
                                 }
                                 for j in j0..jn {
-                                    let xr = xp.add(j * xs + ci * d.chan + kh * d.row);
-                                    let (xr1, xr2) = (xr.add(d.o1), xr.add(d.o2));
+                                    let xc = xp.add(j * xs + ci * d.chan);
+                                    let xr = xc.add(d.offs[kh * 3]);
+                                    let xr1 = xc.add(d.offs[kh * 3 + 1]);
+                                    let xr2 = xc.add(d.offs[kh * 3 + 2]);
                                     let dj = dyp.add(j * ds);
                                     let mut step = |q: usize| {
                                         let x0 = $load(xr.add(q));
@@ -687,7 +762,8 @@ mod tests {
 
     /// Every SIMD level the CPU has gives the im2col path's forward, input and weight gradients
     /// on the backbone shapes (CIFAR 32/16/8, Fashion-MNIST 28/14/7, ImageNet 56 and odd sizes,
-    /// channel counts that are and are not whole tiles, one and several images per chunk).
+    /// channel counts that are and are not whole tiles, one and several images per chunk), at
+    /// stride 1 and 2.
     #[test]
     fn direct_kernels_match_im2col_on_every_isa() {
         let shapes = [
@@ -711,17 +787,32 @@ mod tests {
             eprintln!("no SIMD level on this CPU: the direct kernels are never used here");
             return;
         }
-        for &(n, c_in, h, w, c_out) in &shapes {
-            let g = Geom::new((n, c_in, h, w), (c_out, 3, 3), 1, 1, 1);
+        // Stride 2 (first layer of a stage): CIFAR 32 → 16 and 16 → 8, a RIDE expert,
+        // ImageNet 56 → 28, a non-square odd-channel case, 2 × 2 → 1 × 1, several images per chunk.
+        let s2 = [
+            (4, 16, 32, 32, 32),
+            (3, 32, 16, 16, 64),
+            (2, 24, 16, 16, 48),
+            (2, 8, 56, 56, 16),
+            (2, 3, 6, 10, 5),
+            (2, 5, 2, 2, 3),
+            (40, 8, 16, 16, 8),
+        ];
+        let cases = shapes
+            .iter()
+            .map(|&s| (s, 1))
+            .chain(s2.iter().map(|&s| (s, 2)));
+        for ((n, c_in, h, w, c_out), stride) in cases {
+            let g = Geom::new((n, c_in, h, w), (c_out, 3, 3), stride, 1, 1);
             let x = data(n * c_in * h * w, 1);
             let wt = data(c_out * c_in * 9, 2);
-            let dy = data(n * c_out * h * w, 3);
+            let dy = data(n * c_out * g.ho * g.wo, 3);
             let want_y = conv_fwd_isa(&g, &x, &wt, Isa::Scalar);
             let want_dx = conv_dx_isa(&g, &dy, &wt, Isa::Scalar);
             let want_dw = conv_dw_isa(&g, &x, &dy, Isa::Scalar);
             for &isa in &levels {
                 assert!(applies(&g, isa) || n < rayon::current_num_threads());
-                let ctx = format!("{isa} {n}x{c_in}x{h}x{w} -> {c_out}");
+                let ctx = format!("{isa} {n}x{c_in}x{h}x{w} -> {c_out}, stride {stride}");
                 let e = max_rel(&conv_fwd_isa(&g, &x, &wt, isa), &want_y);
                 assert!(e < 1e-5, "forward {ctx}: {e}");
                 let e = max_rel(&conv_dx_isa(&g, &dy, &wt, isa), &want_dx);
