@@ -178,7 +178,7 @@ struct Layer {
     stride: usize,
 }
 
-const LAYERS: [Layer; 9] = [
+const LAYERS: [Layer; 12] = [
     Layer {
         name: "conv1 3->16 @32",
         c_in: 3,
@@ -241,6 +241,28 @@ const LAYERS: [Layer; 9] = [
         c_in: 48,
         c_out: 48,
         hw: 8,
+        stride: 1,
+    },
+    // The bundled Fashion-MNIST set: 28 → 14 → 7.
+    Layer {
+        name: "fm 16->16 @28",
+        c_in: 16,
+        c_out: 16,
+        hw: 28,
+        stride: 1,
+    },
+    Layer {
+        name: "fm 32->32 @14",
+        c_in: 32,
+        c_out: 32,
+        hw: 14,
+        stride: 1,
+    },
+    Layer {
+        name: "fm 64->64 @7",
+        c_in: 64,
+        c_out: 64,
+        hw: 7,
         stride: 1,
     },
 ];

@@ -1,5 +1,6 @@
-//! Direct 3×3, stride-1, padding-1 convolution (forward and weight gradient) with AVX-512 and
-//! AVX2 micro-kernels chosen at run time ([`crate::isa`]).
+//! Direct 3×3, padding-1 convolution at stride 1 and 2 (forward and weight gradient; the
+//! stride-1 input gradient is a forward) with AVX-512 and AVX2 micro-kernels chosen at run time
+//! ([`crate::isa`]).
 //!
 //! Why: in the im2col + `gemm` path the 3×3 layers of ResNet-32 spend a third of their time
 //! outside the multiply-adds (building `col`, `gemm` packing it), and their GEMMs have
@@ -17,6 +18,13 @@
 //! input plane is copied three times, once per kernel column: for `kw = 0` with its last column
 //! zeroed, for `kw = 1` as it is, for `kw = 2` with its first column zeroed; each zeroed column
 //! is read only by the taps that must see zeros there.
+//!
+//! Stride 2 (even `H`, `W`): output `(i, j)` reads input rows `2i − 1, 2i, 2i + 1`, i.e. rows of
+//! the odd phase (`x(2i' + 1, ·)`) at `i' = i − 1, i` and of the even phase at `i' = i`; columns
+//! likewise. So each input plane is split into its four `Ho × Wo` phase planes, and the taps
+//! become shifts by 0 or −1 row and column within them: six copies per channel (the two
+//! odd-column phases twice, once with the last column zeroed for the −1 column shift), each
+//! with a zero row above. The kernels are the stride-1 ones with the taps' offsets ([`Planes`]).
 //!
 //! Every computed position is an output pixel (up to the last tile of a plane), so the forward
 //! stores straight into the output tensor. (The layout before padded each row to `W + 2` and
@@ -84,11 +92,13 @@ impl Tiling {
             Isa::Avx512 => (16, 8, 3),
             _ => (8, 4, 2),
         };
-        // The vectors per tile that waste the fewest computed positions (ties: more vectors).
+        // The vectors per tile that waste the fewest computed positions (ties: more vectors),
+        // a one-vector tile counted at 5/4 of its positions: it loads 1 + CO values per CO
+        // FMAs and ran at half the AVX2 peak (64 → 64 at 7 × 7, Fashion-MNIST's last stage).
         let hw = g.ho * g.wo;
         let nv = (1..=max_nv)
             .rev()
-            .min_by_key(|&nv| hw.div_ceil(lanes * nv) * lanes * nv)
+            .min_by_key(|&nv| hw.div_ceil(lanes * nv) * lanes * nv * if nv == 1 { 5 } else { 4 })
             .unwrap_or(1);
         debug_assert!(lanes * nv <= MAX_TILE && co <= MAX_CO);
         Tiling { lanes, co, nv }
@@ -325,7 +335,7 @@ fn tiled(co: usize, ci: usize, k: usize, c_in: usize, co_t: usize) -> usize {
     ((co / co_t * c_in + ci) * 9 + k) * co_t + co % co_t
 }
 
-/// Forward conv `x (n, c_in, h, w) ⋆ w (c_out, c_in, 3, 3)` → `(n, c_out, h, w)`; `applies`
+/// Forward conv `x (n, c_in, h, w) ⋆ w (c_out, c_in, 3, 3)` → `(n, c_out, ho, wo)`; `applies`
 /// must hold.
 pub(crate) fn conv_fwd(g: &Geom, x: &[f32], w: &[f32], isa: Isa) -> Vec<f32> {
     let t = Tiling::of(isa, g);
@@ -413,7 +423,7 @@ fn fwd_tile(
     unreachable!("direct conv called without a SIMD level");
 }
 
-/// Weight gradient `dw (c_out, c_in, 3, 3)` from `x (n, c_in, h, w)` and `dy (n, c_out, h, w)`,
+/// Weight gradient `dw (c_out, c_in, 3, 3)` from `x (n, c_in, h, w)` and `dy (n, c_out, ho, wo)`,
 /// summed over fixed chunks of images in chunk order; `applies` must hold.
 pub(crate) fn conv_dw(g: &Geom, x: &[f32], dy: &[f32], isa: Isa) -> Vec<f32> {
     let t = Tiling::of(isa, g);
