@@ -2,7 +2,8 @@
 //! at batch 128 (ours vs candle stock), and a whole ResNet-32 training step and eval forward.
 //!
 //! Run: `cargo bench -p longtail-kernels` (release build). Optional arguments pick sections:
-//! `gemm`, `layers`, `bn`, `ops`, `train` (default: all). Environment: `LT_BENCH_REPS` (per-layer
+//! `gemm`, `layers`, `bn`, `ops`, `train` (default: all), and `layers-imagenet` (ResNet-50's 3×3
+//! layers at batch 16; only when named). Environment: `LT_BENCH_REPS` (per-layer
 //! repetitions, default 5), `LT_BENCH_STEPS` (timed train steps for ours, default 5),
 //! `LT_BENCH_STOCK_STEPS` (for stock, default 3; 0 also skips stock in `layers`),
 //! `LONGTAIL_ISA` (`avx512`, `avx2`, `scalar`: the SIMD level of our kernels; `scalar` is the
@@ -282,20 +283,75 @@ fn stock_dw(x: &Tensor, dy: &Tensor, stride: usize) -> R<Tensor> {
     Ok(g.narrow(2, 0, 3)?.narrow(3, 0, 3)?.contiguous()?)
 }
 
-fn bench_layers(peak: f64, reps: usize) -> R<()> {
-    println!("\n== conv 3x3 pad 1, batch {BATCH}: median of {reps}, ours and stock interleaved");
+/// The 3×3 layers of ResNet-50 / ResNet-152 at 224² (stride 2 where a stage starts), timed
+/// at batch 16 by `cargo bench -p longtail-kernels -- layers-imagenet` (not part of the default
+/// run); compare `LONGTAIL_ISA=scalar` (im2col + `gemm`) with the direct kernels.
+const IMAGENET_LAYERS: [Layer; 7] = [
+    Layer {
+        name: "r50 64->64 @56",
+        c_in: 64,
+        c_out: 64,
+        hw: 56,
+        stride: 1,
+    },
+    Layer {
+        name: "r50 128->128 @56/2",
+        c_in: 128,
+        c_out: 128,
+        hw: 56,
+        stride: 2,
+    },
+    Layer {
+        name: "r50 128->128 @28",
+        c_in: 128,
+        c_out: 128,
+        hw: 28,
+        stride: 1,
+    },
+    Layer {
+        name: "r50 256->256 @28/2",
+        c_in: 256,
+        c_out: 256,
+        hw: 28,
+        stride: 2,
+    },
+    Layer {
+        name: "r50 256->256 @14",
+        c_in: 256,
+        c_out: 256,
+        hw: 14,
+        stride: 1,
+    },
+    Layer {
+        name: "r50 512->512 @14/2",
+        c_in: 512,
+        c_out: 512,
+        hw: 14,
+        stride: 2,
+    },
+    Layer {
+        name: "r50 512->512 @7",
+        c_in: 512,
+        c_out: 512,
+        hw: 7,
+        stride: 1,
+    },
+];
+
+fn bench_layers(peak: f64, reps: usize, layers: &[Layer], batch: usize) -> R<()> {
+    println!("\n== conv 3x3 pad 1, batch {batch}: median of {reps}, ours and stock interleaved");
     println!(
         "{:<20} {:<4} {:>9} {:>8} {:>6} {:>10} {:>8} {:>8}",
         "layer", "pass", "ours ms", "GFLOP/s", "%peak", "stock ms", "GFLOP/s", "speedup"
     );
     let (mut tot_ours, mut tot_stock) = (0.0, 0.0);
     let with_stock = env_usize("LT_BENCH_STOCK_STEPS", 3) > 0;
-    for (li, l) in LAYERS.iter().enumerate() {
+    for (li, l) in layers.iter().enumerate() {
         let ho = (l.hw + 2 - 3) / l.stride + 1;
-        let x = rand_t(&[BATCH, l.c_in, l.hw, l.hw], li as u64 + 1, 1.0)?;
+        let x = rand_t(&[batch, l.c_in, l.hw, l.hw], li as u64 + 1, 1.0)?;
         let w = rand_t(&[l.c_out, l.c_in, 3, 3], li as u64 + 11, 0.2)?;
-        let dy = rand_t(&[BATCH, l.c_out, ho, ho], li as u64 + 21, 1.0)?;
-        let flops = 2.0 * (BATCH * l.c_out * ho * ho * l.c_in * 9) as f64;
+        let dy = rand_t(&[batch, l.c_out, ho, ho], li as u64 + 21, 1.0)?;
+        let flops = 2.0 * (batch * l.c_out * ho * ho * l.c_in * 9) as f64;
         // Check once that both sides agree before timing them.
         let err = (lk::conv2d_input_grad(&dy, &w, (l.hw, l.hw), l.stride, 1, 1)?
             - stock_dx(&dy, &w, l.hw, l.stride)?)?
@@ -344,7 +400,7 @@ fn bench_layers(peak: f64, reps: usize) -> R<()> {
     }
     println!(
         "sum over the {} layers x 3 passes: ours {:.1} ms, stock {:.1} ms",
-        LAYERS.len(),
+        layers.len(),
         tot_ours * 1e3,
         tot_stock * 1e3
     );
@@ -792,6 +848,7 @@ fn main() -> R<()> {
         .filter(|a| !a.starts_with("--"))
         .collect();
     let want = |s: &str| args.is_empty() || args.iter().any(|a| a == s);
+    let asked = |s: &str| args.iter().any(|a| a == s);
     let reps = env_usize("LT_BENCH_REPS", 5);
     // LT_BENCH_MALLOC=default keeps glibc's defaults, to measure what the tuning gives.
     let tuned =
@@ -802,13 +859,16 @@ fn main() -> R<()> {
         rayon::current_num_threads(),
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    let peak = if want("gemm") || want("layers") {
+    let peak = if want("gemm") || want("layers") || asked("layers-imagenet") {
         bench_gemm(reps)
     } else {
         f64::NAN
     };
     if want("layers") {
-        bench_layers(peak, reps)?;
+        bench_layers(peak, reps, &LAYERS, BATCH)?;
+    }
+    if asked("layers-imagenet") {
+        bench_layers(peak, reps, &IMAGENET_LAYERS, 16)?;
     }
     if want("bn") {
         bench_bn(reps)?;

@@ -442,7 +442,7 @@ pub(crate) fn conv_dw(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
 
 /// [`conv_dw`] with the direct kernels of `isa` where they apply.
 pub(crate) fn conv_dw_isa(g: &Geom, x: &[f32], dy: &[f32], isa: Isa) -> Vec<f32> {
-    if direct::applies(g, isa) {
+    if direct::applies_dw(g, isa) {
         return direct::conv_dw(g, x, dy, isa);
     }
     let (cin_g, cout_g, k, hw, hwo) = (g.cin_g(), g.cout_g(), g.k(), g.hw(), g.hwo());
