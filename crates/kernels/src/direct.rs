@@ -132,7 +132,7 @@ struct Planes {
     /// Input plane `H × W`.
     in_h: usize,
     in_w: usize,
-    /// Output row length `Wo`: the shift between kernel rows.
+    /// Output row length `Wo`: the row length of the copies too.
     w: usize,
     /// Output pixels per plane `Ho·Wo`.
     hw: usize,
