@@ -435,6 +435,12 @@ pub(crate) fn conv_dx_isa(g: &Geom, dy: &[f32], w: &[f32], isa: Isa) -> Vec<f32>
     dx
 }
 
+/// Images per chunk of a weight gradient (im2col and direct paths alike): fixed by `n` alone,
+/// so the chunks' summation order does not depend on the thread count.
+pub(crate) fn dw_chunk(n: usize) -> usize {
+    n.div_ceil(n.clamp(1, 16))
+}
+
 /// Weight gradient: `x (n, c_in, h, w)`, `dy (n, c_out, ho, wo)` → `dw (c_out, c_in/g, kh, kw)`.
 pub(crate) fn conv_dw(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
     conv_dw_isa(g, x, dy, current())
@@ -450,8 +456,7 @@ pub(crate) fn conv_dw_isa(g: &Geom, x: &[f32], dy: &[f32], isa: Isa) -> Vec<f32>
     if g.n == 0 {
         return vec![0f32; len];
     }
-    // Fixed chunking (depends on n only) keeps the summation order thread-count independent.
-    let per_chunk = g.n.div_ceil(g.n.min(16));
+    let per_chunk = dw_chunk(g.n);
     let chunks = g.n.div_ceil(per_chunk);
     let (outer, par) = split(chunks);
     let chunk_sum = |col: &mut Vec<f32>, ci: usize| {

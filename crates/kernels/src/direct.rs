@@ -49,7 +49,7 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use crate::conv::Geom;
+use crate::conv::{dw_chunk, Geom};
 use crate::isa::Isa;
 
 /// Whether the direct kernels take this convolution with `isa`.
@@ -81,12 +81,6 @@ pub(crate) fn applies(g: &Geom, isa: Isa) -> bool {
 /// 512 → 512 at 7² at batch 16, one image per chunk: 97 ms vs 64 ms on im2col + `gemm`).
 pub(crate) fn applies_dw(g: &Geom, isa: Isa) -> bool {
     applies(g, isa) && dw_chunk(g.n) * g.ho * g.wo >= 256
-}
-
-/// Images per chunk of the weight gradient: the im2col path's chunking (it depends on `n` only),
-/// so results do not depend on the thread count.
-fn dw_chunk(n: usize) -> usize {
-    n.div_ceil(n.clamp(1, 16))
 }
 
 /// Lanes of one vector, output channels of one forward tile, and the vectors per tile.
